@@ -10,6 +10,7 @@ from one server is passed on unchanged to the next client.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
@@ -18,9 +19,14 @@ __all__ = [
     "Answer",
     "Outcome",
     "RecipientStatus",
+    "StatusParseError",
     "TrackingStatus",
     "address_of",
+    "generic_status",
     "mta_name",
+    "parse_tracking_status",
+    "parse_tracking_status_counted",
+    "serialise_tracking_status",
 ]
 
 
@@ -54,6 +60,18 @@ class Action(enum.Enum):
         pseudo._name_ = "UNKNOWN"
         pseudo._value_ = lowered
         return pseudo
+
+    # Pseudo-members are built afresh on every call and are not cached (a
+    # peer could otherwise grow the cache without bound), so identity cannot
+    # be equality: two reports saying "Action: queued" must compare equal.
+    # Known members are singletons, so for them this is plain identity.
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Action):
+            return self._value_ == other._value_
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._value_)
 
     @property
     def is_referral(self) -> bool:
@@ -178,3 +196,365 @@ class Answer:
     def ok(self) -> bool:
         return self.outcome is Outcome.OK
 
+
+# -- Field tables ------------------------------------------------------------
+
+# RFC 3886 field order, which is also the order the serialiser emits.
+_MESSAGE_FIELDS: tuple[tuple[str, str], ...] = (
+    ("Original-Envelope-Id", "original_envelope_id"),
+    ("Reporting-MTA", "reporting_mta"),
+    ("DSN-Gateway", "dsn_gateway"),
+    ("Received-From-MTA", "received_from_mta"),
+    ("Arrival-Date", "arrival_date"),
+)
+_RECIPIENT_FIELDS: tuple[tuple[str, str], ...] = (
+    ("Original-Recipient", "original_recipient"),
+    ("Final-Recipient", "final_recipient"),
+    ("Action", "action"),
+    ("Status", "status"),
+    ("Remote-MTA", "remote_mta"),
+    ("Diagnostic-Code", "diagnostic_code"),
+    ("Last-Attempt-Date", "last_attempt_date"),
+    ("Will-Retry-Until", "will_retry_until"),
+)
+_MESSAGE_ATTRS = {name.lower(): attr for name, attr in _MESSAGE_FIELDS}
+_RECIPIENT_ATTRS = {name.lower(): attr for name, attr in _RECIPIENT_FIELDS}
+
+# RFC 5322 section 3.6.8:
+#   field-name = 1*ftext
+#   ftext      = %d33-57 / %d59-126   ; printable US-ASCII except ":"
+_FIELD_NAME = re.compile(r"[!-9;-~]+")
+_NOT_FTEXT = re.compile(r"[^!-9;-~]")
+# RFC 5234 WSP; the only characters that start a folded continuation line.
+_WSP = " \t"
+
+
+def generic_status(action: Action) -> str:
+    """The RFC 3463 "other or undefined" code of the class that *action* implies.
+
+    Used when a per-recipient block arrives without a usable Status field:
+    ``failed`` -> ``5.0.0``, ``delayed`` -> ``4.0.0``, anything else
+    (delivered, relayed, expanded, transferred, opaque, unknown) -> ``2.0.0``.
+    X.0.0 claims nothing beyond the class the Action already states, so
+    filling it in adds no information the reporting MTA did not give, and
+    code downstream can always rely on a non-empty ``status``.
+    """
+    if action is Action.FAILED:
+        return "5.0.0"
+    if action is Action.DELAYED:
+        return "4.0.0"
+    return "2.0.0"
+
+
+# -- Parsing (liberal) -----------------------------------------------------
+
+
+class StatusParseError(ValueError):
+    """A ``message/tracking-status`` body that cannot be read at all.
+
+    Raised only when the per-message group is missing or lacks
+    Original-Envelope-Id or Reporting-MTA; every lesser fault is skipped and
+    counted instead.
+    """
+
+
+def _decode(data: bytes | bytearray | memoryview | str) -> str:
+    if isinstance(data, str):
+        return data
+    # UTF-8 with U+FFFD for bad octets, rather than latin-1 or surrogateescape:
+    # values from internationalised peers (RFC 6533) stay readable, a stray
+    # 8-bit octet cannot crash anything, and every resulting str can be
+    # encoded again by the serialiser (surrogates could not).
+    return bytes(data).decode("utf-8", "replace")
+
+
+def _logical_groups(text: str) -> tuple[list[list[str]], int]:
+    """Split *text* into groups of unfolded logical lines; count orphan continuations."""
+    groups: list[list[str]] = []
+    current: list[str] = []
+    orphans = 0
+    # Split on LF alone (a CR before it is dropped) so that CRLF and bare-LF
+    # input read alike; str.splitlines would also split on VT, FF, U+2028 and
+    # friends, which are data, not line ends, on the wire.
+    for line in text.split("\n"):
+        if line.endswith("\r"):
+            line = line[:-1]
+        if not line.strip(_WSP):
+            # One or more empty (or white-space only) lines end a group.
+            if current:
+                groups.append(current)
+                current = []
+            continue
+        if line[0] in _WSP:
+            if current:
+                # RFC 5322 section 2.2.3 unfolding: remove the line break only,
+                # keep the white space that starts the continuation.
+                current[-1] += line
+            else:
+                orphans += 1
+            continue
+        current.append(line)
+    if current:
+        groups.append(current)
+    return groups, orphans
+
+
+def _split_field(logical: str) -> tuple[str, str] | None:
+    name, colon, value = logical.partition(":")
+    if not colon:
+        # The seed's example 9 "Status 5.2.2 (Mailbox full)": not a field.
+        return None
+    # RFC 5322 section 4.5.3 (obsolete syntax) allows WSP before the colon.
+    name = name.rstrip(_WSP)
+    if not _FIELD_NAME.fullmatch(name):
+        return None
+    # Leading and trailing WSP around a value is not significant.
+    return name, value.strip(_WSP)
+
+
+def _read_group(
+    lines: list[str], known: dict[str, str]
+) -> tuple[dict[str, str], list[tuple[str, str]], int]:
+    """Known fields by attribute name, extensions in arrival order, and the count of bad lines."""
+    values: dict[str, str] = {}
+    extensions: list[tuple[str, str]] = []
+    bad = 0
+    for logical in lines:
+        field = _split_field(logical)
+        if field is None:
+            bad += 1
+            continue
+        name, value = field
+        attr = known.get(name.lower())
+        if attr is None:
+            extensions.append((name, value))
+        elif attr in values:
+            # RFC 3464/3886 allow each field once per group.  The first copy
+            # wins, as with email.message.Message.get(): a reader going top to
+            # bottom has already acted on it, and a later copy is more likely
+            # a splice or an injection than a correction.
+            bad += 1
+        else:
+            values[attr] = value
+    return values, extensions, bad
+
+
+def parse_tracking_status_counted(
+    data: bytes | bytearray | memoryview | str,
+) -> tuple[TrackingStatus, int]:
+    """Parse one ``message/tracking-status`` body liberally.
+
+    Returns the model and the number of logical lines that did not make it
+    into it: lines that are not fields (no colon, bad name), continuation
+    lines with nothing to continue, repeated known fields, and every line of
+    a per-recipient group that had to be skipped.
+
+    Liberal in what it takes: CRLF or LF line ends, fields in any order,
+    names in any case, ``Status:2.4.0`` without the space, folded lines,
+    several empty lines between groups, unknown fields (kept in
+    ``extensions``).  A per-message group that runs straight into
+    per-recipient fields without the empty line (seed example 10, as
+    extracted) is split at the first per-recipient field, since the two
+    field sets of RFC 3886 are disjoint.
+
+    Per-recipient groups: a missing Final-Recipient falls back to
+    Original-Recipient (the same recipient, as the sender named it, and the
+    key hops are joined by anyway); a missing Status becomes
+    ``generic_status(action)``; a group with no Action, or with no
+    recipient address at all, is skipped and its lines counted, because a
+    block that does not say what happened, or to whom, cannot be reported
+    or merged without inventing it.
+
+    Raises StatusParseError when there is no per-message group or it lacks
+    Original-Envelope-Id or Reporting-MTA: without them the part cannot be
+    attributed to a message or to a hop.
+    """
+    groups, bad = _logical_groups(_decode(data))
+    if groups:
+        first = groups[0]
+        for index, logical in enumerate(first):
+            field = _split_field(logical)
+            if field is not None and field[0].lower() in _RECIPIENT_ATTRS:
+                groups[0:1] = [first[:index], first[index:]]
+                break
+    if not groups or not groups[0]:
+        raise StatusParseError("the tracking-status has no per-message fields")
+
+    values, extensions, count = _read_group(groups[0], _MESSAGE_ATTRS)
+    bad += count
+    for required in ("Original-Envelope-Id", "Reporting-MTA"):
+        if not values.get(_MESSAGE_ATTRS[required.lower()]):
+            raise StatusParseError(f"the tracking-status has no {required} field")
+
+    recipients: list[RecipientStatus] = []
+    for group in groups[1:]:
+        fields, rcpt_extensions, count = _read_group(group, _RECIPIENT_ATTRS)
+        bad += count
+        action_text = fields.pop("action", "")
+        final = fields.pop("final_recipient", "") or fields.get("original_recipient", "")
+        if not action_text or not final:
+            bad += len(group) - count
+            continue
+        action = Action(action_text)
+        status = fields.pop("status", "") or generic_status(action)
+        recipients.append(
+            RecipientStatus(
+                final_recipient=final,
+                action=action,
+                status=status,
+                extensions=tuple(rcpt_extensions),
+                **fields,
+            )
+        )
+
+    return (
+        TrackingStatus(
+            extensions=tuple(extensions),
+            recipients=tuple(recipients),
+            **values,
+        ),
+        bad,
+    )
+
+
+def parse_tracking_status(data: bytes | bytearray | memoryview | str) -> TrackingStatus:
+    """Parse one ``message/tracking-status`` body; see parse_tracking_status_counted."""
+    return parse_tracking_status_counted(data)[0]
+
+
+# -- Serialising (strict) --------------------------------------------------
+
+# RFC 5322 section 2.1.1: a line MUST NOT pass 998 octets and SHOULD NOT
+# pass 78 (both without the CRLF).
+_SOFT_LIMIT = 78
+_HARD_LIMIT = 998
+# A name so long that no break could follow it on its first line is cut;
+# only a hostile or broken peer sends one.
+_MAX_NAME = 900
+_WSP_OCTETS = (0x20, 0x09)
+# A run of white space long enough to fill a line would, folded, leave a line
+# of white space alone, which reads as a group separator: such runs shrink.
+_LONG_WSP = re.compile(r"[ \t]{256,}")
+
+
+def _clean_name(name: str) -> str:
+    if len(name) <= _MAX_NAME and _FIELD_NAME.fullmatch(name):
+        return name
+    # Extension names from JSON or the store may hold anything; a field name
+    # must be printable US-ASCII without a colon or it would re-parse as
+    # something else (or as nothing).
+    return _NOT_FTEXT.sub("-", name[:_MAX_NAME]) or "X-Unnamed"
+
+
+def _clean_value(value: str) -> str:
+    # A CR or LF inside a value would end the line on the wire and let the
+    # value forge fields (or a MIME delimiter) of its own.
+    if "\r" in value or "\n" in value:
+        value = value.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
+    value = value.strip(_WSP)
+    if len(value) >= 256 and _LONG_WSP.search(value):
+        value = _LONG_WSP.sub(" " * 255, value)
+    return value
+
+
+def _break_between(line: bytes, low: int, high: int, last: bool) -> int | None:
+    """An index *i* in [low, high] with line[i] WSP and line[i-1] not WSP.
+
+    Folding before such a WSP leaves no line ending in white space and makes
+    every continuation line hold something besides white space (a line of
+    white space only would read as a group separator).
+    """
+    high = min(high, len(line) - 1)
+    indexes = range(high, low - 1, -1) if last else range(low, high + 1)
+    for i in indexes:
+        if line[i] in _WSP_OCTETS and line[i - 1] not in _WSP_OCTETS:
+            return i
+    return None
+
+
+def _fold(line: bytes, value_start: int) -> list[bytes]:
+    out: list[bytes] = []
+    low = value_start + 1
+    while len(line) > _SOFT_LIMIT:
+        cut = _break_between(line, low, _SOFT_LIMIT, last=True)
+        if cut is None:
+            cut = _break_between(line, max(low, _SOFT_LIMIT + 1), _HARD_LIMIT, last=False)
+        if cut is not None:
+            out.append(line[:cut])
+            line = line[cut:]
+        elif len(line) <= _HARD_LIMIT:
+            break
+        else:
+            # No white space within 998 octets: fold inside the run, which
+            # is the only way to stay under the limit.  Re-parsing joins the
+            # pieces with the one SP inserted here, so the value changes by
+            # exactly that space per forced fold and nothing else.  Never
+            # cut inside a UTF-8 sequence (continuation octets are 10xxxxxx).
+            cut = _HARD_LIMIT
+            while line[cut] & 0xC0 == 0x80:
+                cut -= 1
+            out.append(line[:cut])
+            line = b" " + line[cut:]
+        # A continuation line starts with WSP; a break needs content before it.
+        low = 2
+    out.append(line)
+    return out
+
+
+def _field_lines(name: str, value: str) -> list[bytes]:
+    name = _clean_name(name)
+    value = _clean_value(value)
+    text = f"{name}: {value}" if value else f"{name}:"
+    # errors="replace": a str from elsewhere may hold lone surrogates.
+    line = text.encode("utf-8", "replace")
+    if len(line) <= _SOFT_LIMIT:
+        return [line]
+    return _fold(line, len(name) + 1)
+
+
+def serialise_tracking_status(ts: TrackingStatus) -> list[bytes]:
+    """The lines (bytes, UTF-8, no CRLF) of one ``message/tracking-status`` body.
+
+    Strict: RFC 3886 field order, ``Name: value`` with one space, one empty
+    line between groups and none at the end, CR and LF inside values turned
+    into spaces, leading and trailing white space of values dropped, and
+    values folded at white space so that no line passes 998 octets (78 where
+    the value allows).  An empty Status is written as
+    ``generic_status(action)``; a missing Final-Recipient as the
+    Original-Recipient.
+
+    Raises ValueError for a model that no reader could use: no
+    Original-Envelope-Id, no Reporting-MTA, or a recipient without any
+    address.
+    """
+    out: list[bytes] = []
+    for name, attr in _MESSAGE_FIELDS:
+        value = getattr(ts, attr)
+        if attr in ("original_envelope_id", "reporting_mta") and not (
+            value and _clean_value(value)
+        ):
+            raise ValueError(f"a tracking-status needs {name}")
+        if value is not None:
+            out += _field_lines(name, value)
+    for name, value in ts.extensions:
+        out += _field_lines(name, value)
+    for rcpt in ts.recipients:
+        out.append(b"")
+        action = Action(rcpt.action)
+        final = rcpt.final_recipient or rcpt.original_recipient
+        if not (final and _clean_value(final)):
+            raise ValueError("a per-recipient block needs Final-Recipient")
+        for name, attr in _RECIPIENT_FIELDS:
+            if attr == "final_recipient":
+                value: str | None = final
+            elif attr == "action":
+                value = action.value
+            elif attr == "status":
+                value = (rcpt.status and _clean_value(rcpt.status)) or generic_status(action)
+            else:
+                value = getattr(rcpt, attr)
+            if value is not None:
+                out += _field_lines(name, value)
+        for name, value in rcpt.extensions:
+            out += _field_lines(name, value)
+    return out
