@@ -1,0 +1,278 @@
+# -*- test-case-name: tests.test_merge -*-
+"""Merging the gateway's own tracking-status part with its inner hosts' parts ([chain] report modes).
+
+Sans-I/O: pure functions over the frozen model of ``mtqpgw.status``.  The
+chain engine hands over the gateway's own part (None when the local store
+has no record) and the parts its inner hosts answered with, in path order: a
+deeper hop comes later.  Two report modes (design.md, "Chaining", rule 5):
+
+``hops`` (seed example 10)
+    The gateway's part first, unchanged, then one part per inner reporting
+    MTA in the order given.  Parts from the same Reporting-MTA (compared as
+    ``mta_name`` does: case-insensitive, no trailing dot) become one: the
+    first one's per-message fields, gaps filled from later ones, the union of
+    their recipients.  A part that is the only one from its reporter, and an
+    inner part equal to the gateway's own, pass unchanged and are dropped
+    respectively.  The gateway's part is never merged with an inner part,
+    even one that names the same reporter.
+
+``combined`` (seed example 11)
+    One part: the gateway's per-message fields and, for each recipient, the
+    block(s) from the deepest hop that knows it.
+
+Recipients are joined across hops by ``RecipientStatus.join_key`` (the
+Original-Recipient address, else the Final-Recipient address).  A block with
+no Original-Recipient that matches no key joins the one earlier recipient
+whose Final-Recipient is its address: that is how a hop that was not given
+ORCPT reports the address the previous hop handed it.  Several blocks with one
+join key in one part (an alias or list expanded by one MTA) are kept
+together and replaced together.  A later block replaces an earlier one for
+the same recipient, except that ``opaque`` ("no record here") never hides a
+block that says something.  Unknown Action values are kept as they came.
+
+A recipient whose inner host did not answer has no inner block, so it keeps
+the gateway's own block: "passed on, no further information" (RFC 3887
+section 2.4).  Nothing here invents a block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from mtqpgw.status import Action, RecipientStatus, TrackingStatus, address_of, mta_name
+
+__all__ = ["MODES", "merge", "merge_combined", "merge_hops", "referrals"]
+
+#: The values of ``[chain] report`` that ``merge`` accepts.
+MODES = ("hops", "combined")
+
+# Per-message fields that a later part from the same reporter may fill in
+# when the earlier one lacks them.
+_OPTIONAL_MESSAGE_FIELDS = ("arrival_date", "received_from_mta", "dsn_gateway")
+
+
+def merge(
+    mode: str,
+    local: TrackingStatus | None,
+    inner: Sequence[TrackingStatus],
+    *,
+    reporting_mta: str | None = None,
+) -> tuple[TrackingStatus, ...]:
+    """Merge as ``[chain] report`` says: ``"hops"`` or ``"combined"``; ValueError otherwise."""
+    if mode == "hops":
+        return merge_hops(local, inner)
+    if mode == "combined":
+        return merge_combined(local, inner, reporting_mta=reporting_mta)
+    raise ValueError(f"unknown report mode {mode!r}: expected one of {', '.join(MODES)}")
+
+
+def merge_hops(
+    local: TrackingStatus | None, inner: Sequence[TrackingStatus]
+) -> tuple[TrackingStatus, ...]:
+    """One part per reporting MTA, the gateway's first, then the inner ones in path order.
+
+    ``merge_hops(gateway_part, [inner_part])`` gives ``(gateway_part,
+    inner_part)`` (seed example 10).  An empty ``inner`` gives ``(local,)``; no local part and no inner part
+    gives ``()`` (the caller then answers as ``unknown_message`` says).
+    """
+    parts: list[TrackingStatus] = [] if local is None else [local]
+    slot_of: dict[str, int] = {}
+    for part in inner:
+        if part == local:
+            continue
+        key = _reporter_key(part)
+        index = slot_of.get(key)
+        if index is None:
+            slot_of[key] = len(parts)
+            parts.append(part)
+        else:
+            parts[index] = _merge_same_reporter(parts[index], part)
+    return tuple(parts)
+
+
+def merge_combined(
+    local: TrackingStatus | None,
+    inner: Sequence[TrackingStatus],
+    *,
+    reporting_mta: str | None = None,
+) -> tuple[TrackingStatus, ...]:
+    """One part with the final known state of every recipient (seed example 11).
+
+    The per-message fields are the gateway's own.  With no local part they
+    are the first inner part's, except Reporting-MTA, which is
+    ``reporting_mta`` when given (``"mtqp.example.com"`` or
+    ``"dns; mtqp.example.com"``): the combined part is the gateway's answer,
+    and an inner name should not become its reporter.  ``reporting_mta`` is
+    ignored when there is a local part, whose Reporting-MTA already names the
+    gateway.
+
+    Recipients come in the gateway's order, then the new ones in order of
+    first appearance.  An empty ``inner`` gives ``(local,)`` with ``local``
+    itself; nothing at all gives ``()``.
+    """
+    inner = tuple(inner)
+    if local is None and not inner:
+        return ()
+    if local is not None and not inner:
+        return (local,)
+    roster = _Roster(join_by_final=True, carry_original=True)
+    for part in (local, *inner) if local is not None else inner:
+        roster.add(part.recipients)
+    recipients = roster.blocks()
+    if local is not None:
+        if recipients == local.recipients:
+            return (local,)
+        return (local.evolve(recipients=recipients),)
+    head = inner[0]
+    if reporting_mta:
+        head = head.evolve(reporting_mta=_mta_field(reporting_mta))
+    return (head.evolve(recipients=recipients),)
+
+
+def referrals(part: TrackingStatus) -> list[tuple[str, RecipientStatus]]:
+    """``(host, block)`` for each relayed or transferred recipient whose Remote-MTA names a host.
+
+    ``host`` is ``mta_name`` of the Remote-MTA: lower-cased, no trailing dot,
+    an address literal kept as written (``"[10.0.0.5]"``).  A referral with
+    no Remote-MTA, or one of a type other than ``dns``, names nobody to ask
+    and is left out.  Order is the part's.
+    """
+    found: list[tuple[str, RecipientStatus]] = []
+    for block in part.recipients:
+        if not block.action.is_referral:
+            continue
+        host = mta_name(block.remote_mta)
+        if host:
+            found.append((host, block))
+    return found
+
+
+def _reporter_key(part: TrackingStatus) -> str:
+    # A non-dns Reporting-MTA keeps its type in the key (with a ";"), so it
+    # never collides with a dns name.
+    return mta_name(part.reporting_mta) or " ".join(part.reporting_mta.lower().split())
+
+
+def _mta_field(name: str) -> str:
+    return name if ";" in name else f"dns; {name}"
+
+
+def _merge_same_reporter(earlier: TrackingStatus, later: TrackingStatus) -> TrackingStatus:
+    if later == earlier:
+        return earlier
+    fills = {
+        name: getattr(later, name)
+        for name in _OPTIONAL_MESSAGE_FIELDS
+        if getattr(earlier, name) is None and getattr(later, name) is not None
+    }
+    # Two answers from one reporter describe the same records: blocks are
+    # joined by key only, and none is altered.
+    roster = _Roster(join_by_final=False, carry_original=False)
+    roster.add(earlier.recipients)
+    roster.add(later.recipients)
+    return earlier.evolve(
+        extensions=tuple(dict.fromkeys(earlier.extensions + later.extensions)),
+        recipients=roster.blocks(),
+        **fills,
+    )
+
+
+def _says_nothing(blocks: Iterable[RecipientStatus]) -> bool:
+    return all(block.action is Action.OPAQUE for block in blocks)
+
+
+@dataclass
+class _Slot:
+    """One recipient of the merged answer: its join key and its current block(s)."""
+
+    key: str | None
+    blocks: tuple[RecipientStatus, ...] = ()
+
+
+class _Roster:
+    """Recipients in order of first appearance, each with the blocks of the latest hop that knows it.
+
+    ``add`` is called once per part, shallowest first.
+    """
+
+    def __init__(self, *, join_by_final: bool, carry_original: bool) -> None:
+        self._join_by_final = join_by_final
+        self._carry_original = carry_original
+        self._slots: list[_Slot] = []
+        self._by_key: dict[str, int] = {}
+        # Final-Recipient address -> slots that handed that address on, from
+        # earlier parts only: two blocks of one part are never the same
+        # recipient by this route.
+        self._by_final: dict[str, set[int]] = {}
+        # A block with no address at all cannot be joined; only an identical
+        # copy of it is the same recipient.
+        self._unjoinable: dict[RecipientStatus, int] = {}
+
+    def add(self, blocks: Iterable[RecipientStatus]) -> None:
+        groups: dict[int, list[RecipientStatus]] = {}
+        for block in blocks:
+            index = self._find(block)
+            if index is None:
+                index = self._new_slot(block)
+            group = groups.setdefault(index, [])
+            if block not in group:
+                group.append(block)
+        for index, group in groups.items():
+            self._offer(index, tuple(group))
+        for index, group in groups.items():
+            for block in group:
+                final = address_of(block.final_recipient)
+                if final:
+                    self._by_final.setdefault(final, set()).add(index)
+
+    def blocks(self) -> tuple[RecipientStatus, ...]:
+        return tuple(block for slot in self._slots for block in slot.blocks)
+
+    def _find(self, block: RecipientStatus) -> int | None:
+        key = block.join_key
+        if key is None:
+            return self._unjoinable.get(block)
+        index = self._by_key.get(key)
+        if index is not None or not self._join_by_final:
+            return index
+        if address_of(block.original_recipient):
+            # It names its original recipient and that one is new: joining it
+            # to another by Final-Recipient would merge two recipients.
+            return None
+        candidates = self._by_final.get(key, set())
+        # Two recipients handed on as one address: which one this is cannot
+        # be told, so it stays a recipient of its own rather than a guess.
+        return next(iter(candidates)) if len(candidates) == 1 else None
+
+    def _new_slot(self, block: RecipientStatus) -> int:
+        index = len(self._slots)
+        key = block.join_key
+        self._slots.append(_Slot(key))
+        if key is None:
+            self._unjoinable[block] = index
+        else:
+            self._by_key[key] = index
+        return index
+
+    def _offer(self, index: int, group: tuple[RecipientStatus, ...]) -> None:
+        slot = self._slots[index]
+        if slot.blocks and _says_nothing(group) and not _says_nothing(slot.blocks):
+            return
+        if self._carry_original and slot.blocks:
+            group = self._with_original(group, slot.blocks)
+        slot.blocks = group
+
+    @staticmethod
+    def _with_original(
+        group: tuple[RecipientStatus, ...], earlier: tuple[RecipientStatus, ...]
+    ) -> tuple[RecipientStatus, ...]:
+        # A deeper hop that was not given ORCPT reports no Original-Recipient;
+        # the earlier hop's tells the client which of its recipients this is.
+        original = next((b.original_recipient for b in earlier if b.original_recipient), None)
+        if original is None:
+            return group
+        return tuple(
+            block if block.original_recipient else block.evolve(original_recipient=original)
+            for block in group
+        )
