@@ -1,0 +1,293 @@
+# -*- test-case-name: tests.test_rewrite -*-
+"""Hiding inner host names: the ``[[rewrite]]`` rules applied to tracking-status parts.
+
+Sans-I/O: pure functions over the frozen model of ``mtqpgw.status``.  Runs
+last in the chain (design.md, "Chaining", rule 6), part by part: two parts
+that end up with the same Reporting-MTA stay two parts (seed example 12).
+
+A rule is any object with ``match``, ``replace`` and ``addresses``
+attributes (``mtqpgw.config.RewriteRule``).  ``match`` is a glob on host
+names, where ``*`` is any run of characters, dots included, and ``?`` any one
+character (``"*.corp.example.com"`` matches ``a.b.corp.example.com`` but not
+``corp.example.com`` itself: list both to hide both), or ``"re:"`` and a
+Python regular expression that must match the whole name.  Both are
+case-insensitive, and see a name without its trailing dot, and an address
+literal without its brackets and ``IPv6:`` tag, so ``"10.0.0.*"`` or
+``"re:10\\..*"`` hides ``[10.0.0.5]``.  The first rule that matches a name
+decides what happens to it.
+
+What is rewritten:
+
+- every MTA-name field (Reporting-MTA, Received-From-MTA, DSN-Gateway,
+  Remote-MTA): the name after ``type;`` when a rule matches it whole
+  (``"dns; smtp.corp.example.com"`` -> ``"dns; example.com"``,
+  ``"dns; [10.0.0.5]"`` -> ``"dns; example.com"``), else the host names in it
+  as in free text;
+- host names and IP addresses in free text: Diagnostic-Code after its
+  ``type;``, the comment of Status (``"4.4.1 (No answer from
+  mx1.corp.example.com)"``) and the values of extension fields (``X-...``,
+  per message and per recipient), because a name hidden in one field and
+  shown in the next is not hidden.  A bracketed literal keeps its brackets
+  (``"[10.0.0.5]"`` -> ``"[example.com]"``) so the sentence keeps its shape;
+- the domain of recipient addresses (Original-Recipient, Final-Recipient, and
+  ``local@domain`` in free text) only under a rule with ``addresses`` true: a
+  mail domain is not a host, and the client needs the addresses it knows.
+
+In free text, a candidate name is a run of letters, digits, ``-``, ``_`` and
+``.`` that holds a letter, or an IPv4 or IPv6 address; ``550`` and ``5.1.1``
+never are.  Any candidate a rule matches is replaced, single labels included,
+so a rule must match only host names (``"re:.*"`` would eat every word).
+
+Never rewritten: Original-Envelope-Id (the client's own key), Action, dates,
+field names, local parts of addresses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from mtqpgw.status import Answer, RecipientStatus, TrackingStatus
+
+__all__ = ["Rewriter", "RuleLike"]
+
+
+class RuleLike(Protocol):
+    """What ``Rewriter`` needs of a rule: ``mtqpgw.config.RewriteRule`` has it."""
+
+    @property
+    def match(self) -> str: ...
+
+    @property
+    def replace(self) -> str: ...
+
+    @property
+    def addresses(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class _Rule:
+    source: str
+    pattern: re.Pattern[str]
+    replace: str
+    addresses: bool
+
+
+_IPV4 = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
+_LETTER = re.compile(r"[A-Za-z]")
+_SPACE = re.compile(r"\s")
+# Leading and trailing dots and hyphens of a piece are punctuation, not name.
+_PIECE = re.compile(r"([.-]*)(.*?)([.-]*)", re.DOTALL)
+
+_SCAN = re.compile(
+    r"""
+    # local-part "@" domain: the domain may be hidden (addresses = true), the
+    # local part never.  Starts only after a delimiter, so a long run with no
+    # "@" in it is scanned once, not once per character.
+    (?<![^\s<>()\[\],;"'])(?P<local>[^\s<>()\[\]@,;:"']+@)
+    (?P<domain>\[[^\[\]\s]*\]|[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*)
+    # an address literal: [10.0.0.5], [IPv6:2001:db8::5]
+    | \[(?P<literal>[A-Za-z0-9:.]+)\]
+    # anything else made of host-name characters; colons too, for IPv6
+    | (?<![A-Za-z0-9_.:-])(?P<word>[A-Za-z0-9_.:-]+)
+    """,
+    re.VERBOSE,
+)
+
+
+def _is_ip(text: str) -> bool:
+    if _IPV4.fullmatch(text):
+        return True
+    if ":" not in text:
+        return False
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _without_ipv6_tag(text: str) -> str:
+    return text[5:] if text[:5].lower() == "ipv6:" else text
+
+
+def _subject(name: str) -> str:
+    """The form of a name that rules are matched against."""
+    subject = name.strip().rstrip(".")
+    if subject.startswith("[") and subject.endswith("]"):
+        subject = subject[1:-1].strip()
+    return _without_ipv6_tag(subject).lower()
+
+
+def _compile_glob(glob: str) -> re.Pattern[str]:
+    glob = _subject(glob)
+    pieces = [".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in glob]
+    return re.compile("".join(pieces), re.IGNORECASE | re.DOTALL)
+
+
+def _compile(rule: RuleLike) -> _Rule:
+    match, replacement = rule.match, rule.replace
+    if not isinstance(match, str) or not match.strip():
+        raise ValueError(f"rewrite rule match {match!r} is empty")
+    if (
+        not isinstance(replacement, str)
+        or not replacement
+        or ";" in replacement
+        or any(ch.isspace() for ch in replacement)
+    ):
+        raise ValueError(
+            f"rewrite rule {match!r}: replace {replacement!r} is not a host name "
+            "(empty, or holds white space or ';')"
+        )
+    if match[:3].lower() == "re:":
+        if not match[3:]:
+            raise ValueError(f"rewrite rule {match!r} has an empty regular expression")
+        try:
+            pattern = re.compile(match[3:], re.IGNORECASE)
+        except re.error as exc:
+            raise ValueError(
+                f"rewrite rule {match!r} is not a valid regular expression: {exc}"
+            ) from None
+    else:
+        pattern = _compile_glob(match)
+    return _Rule(match, pattern, replacement, bool(getattr(rule, "addresses", False)))
+
+
+class Rewriter:
+    """Rewrites inner host names in answers, as a list of ``[[rewrite]]`` rules says.
+
+    ``Rewriter([RewriteRule("*.corp.example.com", "example.com", False)])
+    .host("Smtp.Corp.Example.com")`` is ``"example.com"``.  With no rules it
+    gives back what it is given.  Raises ValueError for a bad rule (an
+    invalid regular expression, an empty match or replacement).
+    """
+
+    def __init__(self, rules: Iterable[RuleLike] = ()) -> None:
+        self._rules = tuple(_compile(rule) for rule in rules)
+
+    def __repr__(self) -> str:
+        return f"Rewriter({[rule.source for rule in self._rules]!r})"
+
+    def host(self, name: str) -> str:
+        """The first matching rule's replacement for a host name, or ``name`` unchanged."""
+        rule = self._rule_for(name)
+        return name if rule is None else rule.replace
+
+    def answer(self, answer: Answer) -> Answer:
+        """A positive answer with every part rewritten; a negative one as it is."""
+        if not answer.ok or not self._rules:
+            return answer
+        parts = tuple(self.part(part) for part in answer.parts)
+        return answer if parts == answer.parts else replace(answer, parts=parts)
+
+    def part(self, ts: TrackingStatus) -> TrackingStatus:
+        """One tracking-status part with its inner names hidden; the same object if none were found."""
+        if not self._rules:
+            return ts
+        rewritten = ts.evolve(
+            reporting_mta=self._mta(ts.reporting_mta),
+            received_from_mta=self._mta(ts.received_from_mta),
+            dsn_gateway=self._mta(ts.dsn_gateway),
+            extensions=self._extensions(ts.extensions),
+            recipients=tuple(self._recipient(block) for block in ts.recipients),
+        )
+        return ts if rewritten == ts else rewritten
+
+    def _recipient(self, block: RecipientStatus) -> RecipientStatus:
+        return block.evolve(
+            original_recipient=self._address(block.original_recipient),
+            final_recipient=self._address(block.final_recipient),
+            status=self._text(block.status),
+            remote_mta=self._mta(block.remote_mta),
+            diagnostic_code=self._diagnostic(block.diagnostic_code),
+            extensions=self._extensions(block.extensions),
+        )
+
+    def _rule_for(self, name: str) -> _Rule | None:
+        subject = _subject(name)
+        if not subject:
+            return None
+        for rule in self._rules:
+            if rule.pattern.fullmatch(subject):
+                return rule
+        # ::ffff:10.0.0.5 is 10.0.0.5: a rule written for the one hides the other.
+        if ":" in subject and _is_ip(subject):
+            mapped = ipaddress.IPv6Address(subject).ipv4_mapped
+            if mapped is not None:
+                return self._rule_for(str(mapped))
+        return None
+
+    def _extensions(self, fields: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        return tuple((name, self._text(value)) for name, value in fields)
+
+    def _mta(self, value: str | None) -> str | None:
+        if not value:
+            return value
+        kind, sep, name = value.partition(";")
+        if not sep:
+            kind, name = "", value
+        core = name.strip()
+        # A glob's "*" spans white space, so only a single token is a name.
+        rule = None if _SPACE.search(core) else self._rule_for(core)
+        if rule is None:
+            return kind + sep + self._text(name)
+        # Keep the white space around the name exactly as it came.
+        start = name.index(core)
+        return kind + sep + name[:start] + rule.replace + name[start + len(core) :]
+
+    def _diagnostic(self, value: str | None) -> str | None:
+        if not value:
+            return value
+        # The diagnostic-type ("smtp", "x-unix") is a name space, not a host.
+        kind, sep, text = value.partition(";")
+        if not sep:
+            return self._text(value)
+        return kind + sep + self._text(text)
+
+    def _address(self, value: str | None) -> str | None:
+        if not value or "@" not in value:
+            return value
+        return self._text(value, hosts=False)
+
+    def _text(self, text: str | None, *, hosts: bool = True) -> str | None:
+        """Free text with the host names and addresses that rules match replaced."""
+        if not text:
+            return text
+
+        def substitute(m: re.Match[str]) -> str:
+            if m.group("domain") is not None:
+                rule = self._rule_for(m.group("domain"))
+                if rule is not None and rule.addresses:
+                    return m.group("local") + rule.replace
+                return m.group(0)
+            if not hosts:
+                return m.group(0)
+            literal = m.group("literal")
+            if literal is not None:
+                if _is_ip(_without_ipv6_tag(literal)):
+                    rule = self._rule_for(literal)
+                    return m.group(0) if rule is None else f"[{rule.replace}]"
+                return f"[{self._word(literal)}]"
+            return self._word(m.group("word"))
+
+        return _SCAN.sub(substitute, text)
+
+    def _word(self, word: str) -> str:
+        core = word.rstrip(".")
+        if _is_ip(_without_ipv6_tag(core)):
+            rule = self._rule_for(core)
+            return word if rule is None else rule.replace + word[len(core) :]
+        # Not an address: colons separate names from ports and the like.
+        return ":".join(self._piece(piece) for piece in word.split(":"))
+
+    def _piece(self, piece: str) -> str:
+        match = _PIECE.fullmatch(piece)
+        assert match is not None  # the pattern matches every string
+        lead, core, trail = match.groups()
+        if not (_LETTER.search(core) or _IPV4.fullmatch(core)):
+            return piece
+        rule = self._rule_for(core)
+        return piece if rule is None else lead + rule.replace + trail
