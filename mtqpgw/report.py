@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from mtqpgw import wire
 from mtqpgw.status import (
     Action,
     Answer,
@@ -29,14 +30,19 @@ __all__ = [
     "GARBLED",
     "PART_TYPE",
     "ReportError",
+    "TRACK_TEXT",
     "answer_from_json",
+    "answer_from_response",
     "answer_to_json",
     "build_report",
     "parse_report",
     "parse_report_counted",
+    "response_for_answer",
 ]
 
 PART_TYPE = "message/tracking-status"
+# interface.md section 5: the status line text of a TRACK success.
+TRACK_TEXT = "Tracking information follows"
 
 # The reason code answer_from_response gives a +OK+ whose body cannot be
 # read (or a single-line +OK to TRACK).  It is local: RFC 3887 defines no such
@@ -264,6 +270,95 @@ def parse_report(lines: Sequence[bytes]) -> tuple[TrackingStatus, ...]:
     boundary is found or no tracking-status part can be read.
     """
     return parse_report_counted(lines)[0]
+
+
+# -- Answer <-> wire.Response ----------------------------------------------
+
+# What wire.Response refuses in a status text (its own rule, restated here
+# so that an Answer carrying text from anywhere can still be sent).
+_TEXT_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_REASON = re.compile(r"[A-Za-z0-9_-]+")
+# Room left on a 998-octet status line for the text after "-TEMP/reasons ".
+_MAX_TEXT = 800
+
+
+def _status_text(text: str) -> str:
+    text = _TEXT_CONTROLS.sub(" ", text)
+    octets = text.encode("utf-8", "replace")
+    if len(octets) > _MAX_TEXT:
+        text = octets[:_MAX_TEXT].decode("utf-8", "ignore")
+    return text
+
+
+def _reasons(reasons: Iterable[str], must: str | None = None) -> tuple[str, ...]:
+    # Only 1*NAMECHAR codes can be sent (RFC 3887 section 12); an Answer built
+    # from JSON or a store could hold anything, and the answer must still go.
+    kept = tuple(reason for reason in reasons if _REASON.fullmatch(reason))
+    if must is not None and must not in (reason.lower() for reason in kept):
+        kept = (must, *kept)
+    return kept[:20]
+
+
+def response_for_answer(answer: Answer) -> wire.Response:
+    """The response a server sends for *answer* to TRACK.
+
+    OK -> ``+OK+ Tracking information follows`` and the report; NOINFO ->
+    ``-ERR/noinfo``; TEMP -> ``-TEMP``; ERROR -> ``-ERR``; BAD -> ``-BAD``,
+    each with the answer's reasons and text.  An OK answer without parts has
+    nothing to report and is sent as ``-ERR/noinfo`` (RFC 3887 section 4's
+    other way of saying so).  Reasons that are not 1*NAMECHAR are dropped,
+    and control characters in the text become spaces, so that any Answer
+    can be sent.
+    """
+    outcome = answer.outcome
+    if outcome is Outcome.OK and answer.parts:
+        return wire.Response(
+            wire.Indicator.OK_MULTI, text=TRACK_TEXT, lines=tuple(build_report(answer.parts))
+        )
+    text = _status_text(answer.text)
+    if outcome is Outcome.OK or outcome is Outcome.NOINFO:
+        return wire.Response(
+            wire.Indicator.ERR,
+            _reasons(answer.reasons if outcome is Outcome.NOINFO else (), "noinfo"),
+            text or Answer.noinfo().text,
+        )
+    indicator = {
+        Outcome.TEMP: wire.Indicator.TEMP,
+        Outcome.ERROR: wire.Indicator.ERR,
+        Outcome.BAD: wire.Indicator.BAD,
+    }[outcome]
+    return wire.Response(indicator, _reasons(answer.reasons), text)
+
+
+def answer_from_response(response: wire.Response) -> Answer:
+    """The Answer a TRACK *response* gives (the client side of response_for_answer).
+
+    ``+OK+`` -> OK with the report's parts; ``-ERR`` with ``/noinfo`` ->
+    NOINFO; other ``-ERR`` -> ERROR; ``-TEMP`` -> TEMP; ``-BAD`` -> BAD.
+
+    Never raises for what a server sent: a ``+OK+`` whose body holds no
+    readable tracking-status, and a single-line ``+OK`` (RFC 3887 section 4:
+    a TRACK success MUST be multi-line), become ERROR with the local reason
+    ``garbled`` (``GARBLED``) and a text saying why.  A client (and the
+    chaining gateway, which must keep going when one inner host talks
+    nonsense) then handles every outcome in one place.
+    """
+    indicator = response.indicator
+    if indicator is wire.Indicator.OK_MULTI:
+        try:
+            parts = parse_report(response.lines or ())
+        except ReportError as e:
+            return Answer.error((GARBLED,), f"unreadable TRACK answer: {e}")
+        return Answer.found(parts)
+    if indicator is wire.Indicator.OK:
+        return Answer.error((GARBLED,), "a single-line +OK is not a TRACK answer")
+    if indicator is wire.Indicator.TEMP:
+        return Answer.temp(response.reasons, response.text)
+    if indicator is wire.Indicator.BAD:
+        return Answer(Outcome.BAD, reasons=response.reasons, text=response.text)
+    if response.has_reason("noinfo"):
+        return Answer(Outcome.NOINFO, reasons=response.reasons, text=response.text)
+    return Answer.error(response.reasons, response.text)
 
 
 # -- JSON (interface.md section 4) ----------------------------------------

@@ -475,14 +475,18 @@ def _break_between(line: bytes, low: int, high: int, last: bool) -> int | None:
 def _fold(line: bytes, value_start: int) -> list[bytes]:
     out: list[bytes] = []
     low = value_start + 1
+    # MTQP dot-stuffs a data line that starts with "." and its 998-octet
+    # limit holds on the wire, so such a line (a field name may start with
+    # ".") gets one octet less.  Continuation lines start with WSP.
+    hard = _HARD_LIMIT - line.startswith(b".")
     while len(line) > _SOFT_LIMIT:
         cut = _break_between(line, low, _SOFT_LIMIT, last=True)
         if cut is None:
-            cut = _break_between(line, max(low, _SOFT_LIMIT + 1), _HARD_LIMIT, last=False)
+            cut = _break_between(line, max(low, _SOFT_LIMIT + 1), hard, last=False)
         if cut is not None:
             out.append(line[:cut])
             line = line[cut:]
-        elif len(line) <= _HARD_LIMIT:
+        elif len(line) <= hard:
             break
         else:
             # No white space within 998 octets: fold inside the run, which
@@ -490,13 +494,14 @@ def _fold(line: bytes, value_start: int) -> list[bytes]:
             # pieces with the one SP inserted here, so the value changes by
             # exactly that space per forced fold and nothing else.  Never
             # cut inside a UTF-8 sequence (continuation octets are 10xxxxxx).
-            cut = _HARD_LIMIT
+            cut = hard
             while line[cut] & 0xC0 == 0x80:
                 cut -= 1
             out.append(line[:cut])
             line = b" " + line[cut:]
         # A continuation line starts with WSP; a break needs content before it.
         low = 2
+        hard = _HARD_LIMIT
     out.append(line)
     return out
 
