@@ -138,17 +138,25 @@ class _InnerView:
 
 
 def tls_context_for(inner: Any, mode: str) -> Any:
-    """A client TLS context factory for STARTTLS towards ``inner``, or None.
+    """A client TLS context (connection creator) for STARTTLS towards ``inner``, or None.
 
-    Comes from ``mtqpgw.tls.client_context_for_inner`` (verifies the inner
-    host's certificate against its ``name`` with its ``cafile`` when
-    ``required``).  None when that module is not there or gives nothing.
+    It comes from ``mtqpgw.tls.client_context_for_inner``, given a view of
+    ``inner`` whose ``tls`` is already the effective ``mode``: it verifies the
+    inner host's certificate against ``name`` (with ``cafile``, else the
+    platform's trust) for ``"required"``, and for ``"opportunistic"`` when a
+    ``cafile`` is given; otherwise it encrypts only.  None when the module is
+    missing or gives nothing.  A bad ``cafile`` raises, which fails the query
+    for that host only.
     """
     try:
         from mtqpgw.tls import client_context_for_inner
     except ImportError:
         return None
-    return client_context_for_inner(_with_tls(inner, mode))
+    context = client_context_for_inner(_with_tls(inner, mode))
+    # An earlier draft of the helper returned (mode, context).
+    if isinstance(context, tuple):
+        context = context[-1]
+    return context
 
 
 class _Slot:

@@ -1,0 +1,367 @@
+# -*- test-case-name: tests.test_chain -*-
+"""The chaining tracker: the firewall gateway's answer from its own store and its inner hosts.
+
+RFC 3887 section 2.4 lets a firewall gateway gather the tracking information
+of the hosts behind it and answer for them, within 2 minutes.  For one TRACK:
+
+1. Ask the local tracker (store and certifier check).  A wrong secret and no
+   record look the same from here: both are the local tracker's "unknown"
+   answer (noinfo, or the opaque stand-in).
+2. Targets: the configured inner hosts named (``mta_name`` of Remote-MTA,
+   case-insensitively) by the local recipients that were relayed or
+   transferred; with no local record and ``fanout`` on, every inner host.
+3. Ask them all at once through the L{SessionPool}.  An inner answer that
+   refers recipients on to further *configured* inner hosts is followed, to
+   ``max_depth`` inner hops, never the same host twice.  A name that is not
+   configured is never contacted, whatever an answer says, and neither is
+   the gateway's own name.
+4. One deadline (``chain.deadline``) for the whole answer.  When it passes,
+   what still runs is cancelled (those sessions are aborted) and the answer
+   is built from what is known.  An inner host that failed in any way, or did
+   not answer in time, costs its own part and nothing else: its recipients
+   keep the gateway's block ("passed on, no further information").
+5. ``mtqpgw.merge`` builds the parts (``hops`` or ``combined``); the rewriter
+   runs last, on every answer this tracker gives.
+6. Nothing known anywhere: the local tracker's own "unknown" answer, so an
+   unknown envelope id and a wrong secret still answer alike.
+
+The secret goes to the inner hosts, which check it themselves; it is never
+logged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mtqpgw.interfaces import ITracker
+from mtqpgw.merge import merge, referrals
+from mtqpgw.pool import SessionPool
+from mtqpgw.server import is_failed_lookup
+from mtqpgw.status import Answer, Outcome, TrackingStatus
+
+__all__ = ["DEFAULT_DEADLINE", "RFC_LIMIT", "ChainingTracker"]
+
+log = Logger()
+
+#: RFC 3887 section 2.4: a chaining server MUST answer within 2 minutes.
+RFC_LIMIT = 120.0
+DEFAULT_DEADLINE = 110.0
+DEFAULT_MAX_DEPTH = 4
+
+_LATE = Answer.temp(
+    ("unavailable",), "Tracking information not available in time; try again later"
+)
+
+
+def _text(value: Any, default: str) -> str:
+    # Config may hold enums or strings.
+    return str(getattr(value, "value", value) or default).lower()
+
+
+def _host_name(name: str) -> str:
+    return name.strip().rstrip(".").lower()
+
+
+@implementer(ITracker)
+class ChainingTracker:
+    """Answers TRACK for the gateway: its local tracker plus its inner MTQP hosts.
+
+    ``chain`` is a ``config.ChainConfig`` (``deadline``, ``report``,
+    ``fanout``, ``max_depth``, ``inner``: entries with ``name``, ``host``,
+    ``port``, ``tls``, ``cafile``).  ``service`` closes pooled sessions when
+    the daemon stops.  ``pool`` is for tests: anything with ``track(inner,
+    envid, secret, secure) -> Deferred[Answer]`` and a ``service``.
+    """
+
+    def __init__(
+        self,
+        local: ITracker,
+        chain: Any,
+        rewriter: Any,
+        hostname: str,
+        reactor: Any = None,
+        pool: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.local = local
+        self.rewriter = rewriter
+        self.hostname = _host_name(hostname)
+        self.clock = reactor
+        deadline = getattr(chain, "deadline", None)
+        self.deadline = float(DEFAULT_DEADLINE if deadline is None else deadline)
+        if not 0 < self.deadline < RFC_LIMIT:
+            raise ValueError(
+                f"chain.deadline must be above 0 and below {RFC_LIMIT:g} seconds, "
+                f"not {self.deadline:g}"
+            )
+        self.report = _text(getattr(chain, "report", "hops"), "hops")
+        self.fanout = bool(getattr(chain, "fanout", True))
+        depth = getattr(chain, "max_depth", DEFAULT_MAX_DEPTH)
+        self.max_depth = int(DEFAULT_MAX_DEPTH if depth is None else depth)
+        self.inner: dict[str, Any] = {}
+        for inner in getattr(chain, "inner", ()) or ():
+            name = _host_name(inner.name)
+            if name == self.hostname:
+                # Asking ourselves would loop through the pool until the deadline.
+                log.warn("Inner host {name} is this gateway's own name; never asked", name=name)
+                continue
+            self.inner.setdefault(name, inner)
+        self.pool = pool if pool is not None else SessionPool(reactor)
+        self.service = self.pool.service
+
+    def track(self, envid: str, secret: str, secure: bool = False) -> defer.Deferred[Answer]:
+        """Fire with the gateway's L{Answer} for ``envid``, always within ``deadline`` seconds.
+
+        Cancelling stops everything still running for it.
+        """
+        return _Query(self, envid, secret, secure).start()
+
+    def targets_for(self, parts: Iterable[TrackingStatus]) -> list[str]:
+        """The configured inner hosts the referrals in ``parts`` name, in order, once each."""
+        found: list[str] = []
+        for part in parts:
+            for host, _ in referrals(part):
+                if host in self.inner and host not in found:
+                    found.append(host)
+        return found
+
+
+class _Query:
+    """One TRACK through the gateway: the local answer, the inner queries, the deadline."""
+
+    def __init__(self, tracker: ChainingTracker, envid: str, secret: str, secure: bool) -> None:
+        self.tracker = tracker
+        self.envid = envid
+        self.secret = secret
+        self.secure = secure
+        self.result: defer.Deferred[Answer] = defer.Deferred(self._cancelled)
+        self.finished = False
+        self.expired = False
+        self.timer: Any = None
+        self.local_d: defer.Deferred[Answer] | None = None
+        self.local_answer: Answer | None = None
+        self.local_part: TrackingStatus | None = None
+        self.visited: set[str] = set()
+        self.running: dict[str, defer.Deferred[Answer]] = {}
+        self.pending = 0
+        self.sequence = 0
+        # (depth, launch order, parts) of each inner host that told something.
+        self.results: list[tuple[int, int, tuple[TrackingStatus, ...]]] = []
+        self.failed: list[str] = []
+        self.started = time.monotonic()
+
+    # -- start and stop -----------------------------------------------------
+
+    def start(self) -> defer.Deferred[Answer]:
+        tracker = self.tracker
+        self.timer = tracker.clock.callLater(tracker.deadline, self._deadline_passed)
+        self.local_d = defer.maybeDeferred(
+            tracker.local.track, self.envid, self.secret, secure=self.secure
+        )
+        self.local_d.addCallbacks(self._local_answered, self._local_failed)
+        return self.result
+
+    def _cancelled(self, _: defer.Deferred[Answer]) -> None:
+        # The outside client went away: stop all work for it.
+        self.finished = True
+        self._stop_timer()
+        self._cancel_all()
+
+    def _cancel_all(self) -> None:
+        if self.local_d is not None:
+            local, self.local_d = self.local_d, None
+            local.cancel()
+        for d in list(self.running.values()):
+            d.cancel()
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+    def _deadline_passed(self) -> None:
+        self.timer = None
+        self.expired = True
+        if self.local_d is not None:
+            log.warn(
+                "TRACK {envid}: the local store did not answer within {deadline:g}s",
+                envid=self.envid,
+                deadline=self.tracker.deadline,
+            )
+            self._cancel_all()
+            self._finish(_LATE)
+            return
+        # Each cancelled host logs itself ("no answer before the deadline").
+        self._cancel_all()
+        self._finish(self._compose())
+
+    def _finish(self, answer: Answer) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._stop_timer()
+        self._log_summary(answer)
+        self.result.callback(answer)
+
+    def _maybe_finish(self) -> None:
+        if not self.finished and not self.expired and self.pending == 0:
+            self._finish(self._compose())
+
+    # -- the local answer ---------------------------------------------------
+
+    def _local_answered(self, answer: Answer) -> None:
+        self.local_d = None
+        if self.finished or self.expired:
+            return
+        self.local_answer = answer
+        tracker = self.tracker
+        if answer.outcome is Outcome.OK and not is_failed_lookup(answer):
+            self.local_part = answer.parts[0]
+            targets = tracker.targets_for(answer.parts)
+        elif is_failed_lookup(answer) and tracker.fanout:
+            # No record here (or a wrong secret: the same thing): any inner
+            # host may have seen the message.
+            targets = list(tracker.inner)
+        else:
+            # Unknown without fan-out, or the store is unavailable.
+            self._finish(tracker.rewriter.answer(answer))
+            return
+        self._launch(targets, depth=1)
+        self._maybe_finish()
+
+    def _local_failed(self, failure: Failure) -> Failure | None:
+        self.local_d = None
+        if self.finished or self.expired:
+            return None
+        self.finished = True
+        self._stop_timer()
+        self._cancel_all()
+        # The server answers -TEMP for a tracker that fails.
+        self.result.errback(failure)
+        return None
+
+    # -- the inner hosts ----------------------------------------------------
+
+    def _launch(self, names: Sequence[str], depth: int) -> None:
+        fresh = [
+            name
+            for name in dict.fromkeys(names)
+            if name not in self.visited and name != self.tracker.hostname
+        ]
+        if depth > self.tracker.max_depth:
+            if fresh:
+                log.info(
+                    "TRACK {envid}: not following {hosts}: deeper than max_depth {depth}",
+                    envid=self.envid,
+                    hosts=", ".join(fresh),
+                    depth=self.tracker.max_depth,
+                )
+            return
+        # Count them all before starting any, so that one answering at once
+        # does not finish the query before the others have started.
+        self.visited.update(fresh)
+        self.pending += len(fresh)
+        for name in fresh:
+            self.sequence += 1
+            self._ask(name, depth, self.sequence)
+
+    def _ask(self, name: str, depth: int, order: int) -> None:
+        inner = self.tracker.inner[name]
+        try:
+            d = self.tracker.pool.track(inner, self.envid, self.secret, self.secure)
+        except Exception:
+            d = defer.fail()
+        self.running[name] = d
+        d.addCallbacks(
+            self._inner_answered,
+            self._inner_failed,
+            callbackArgs=(name, depth, order),
+            errbackArgs=(name,),
+        )
+
+    def _inner_answered(self, answer: Answer, name: str, depth: int, order: int) -> None:
+        self.running.pop(name, None)
+        self.pending -= 1
+        if self.finished or self.expired:
+            return
+        if answer.outcome is Outcome.OK and answer.parts and not is_failed_lookup(answer):
+            self.results.append((depth, order, answer.parts))
+            self._launch(self.tracker.targets_for(answer.parts), depth + 1)
+        elif answer.outcome is Outcome.OK or answer.outcome is Outcome.NOINFO:
+            log.debug("TRACK {envid}: {host} knows nothing", envid=self.envid, host=name)
+        else:
+            self.failed.append(name)
+            log.warn(
+                "TRACK {envid}: {host} answered {outcome} {reasons}: {text}",
+                envid=self.envid,
+                host=name,
+                outcome=answer.outcome.value,
+                reasons="/".join(answer.reasons),
+                text=answer.text,
+            )
+        self._maybe_finish()
+
+    def _inner_failed(self, failure: Failure, name: str) -> None:
+        self.running.pop(name, None)
+        self.pending -= 1
+        if failure.check(defer.CancelledError):
+            if not self.expired:
+                return  # cancelled because the client went away
+            what = "no answer before the deadline"
+        else:
+            what = failure.getErrorMessage() or failure.type.__name__
+        self.failed.append(name)
+        log.warn(
+            "TRACK {envid}: inner host {host} failed: {error}",
+            envid=self.envid,
+            host=name,
+            error=what,
+        )
+        self._maybe_finish()
+
+    # -- the answer ---------------------------------------------------------
+
+    def _compose(self) -> Answer:
+        tracker = self.tracker
+        inner_parts = [part for _, _, parts in sorted(self.results) for part in parts]
+        assert self.local_answer is not None
+        if self.local_part is None and not inner_parts:
+            # Nothing known anywhere: the local tracker's unknown answer.
+            return tracker.rewriter.answer(self.local_answer)
+        # A local answer of several parts (a store that keeps hops) puts the
+        # extra ones before the inner hosts', which are deeper.
+        if self.local_part is not None:
+            inner_parts = list(self.local_answer.parts[1:]) + inner_parts
+        try:
+            parts = merge(
+                tracker.report,
+                self.local_part,
+                inner_parts,
+                reporting_mta=f"dns; {tracker.hostname}",
+            )
+        except Exception:
+            log.failure("TRACK {envid}: merging the inner answers failed", envid=self.envid)
+            if self.local_part is None:
+                return tracker.rewriter.answer(self.local_answer)
+            parts = (self.local_part,)
+        return tracker.rewriter.answer(Answer.found(parts))
+
+    def _log_summary(self, answer: Answer) -> None:
+        log.info(
+            "TRACK {envid} chained: {outcome}; {asked} inner host(s) asked, "
+            "{answered} told something, {failed} failed, in {duration:.3f}s",
+            envid=self.envid,
+            outcome=answer.outcome.value,
+            asked=len(self.visited),
+            answered=len(self.results),
+            failed=len(self.failed),
+            duration=time.monotonic() - self.started,
+        )

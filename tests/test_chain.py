@@ -1,0 +1,597 @@
+"""Tests for mtqpgw.chain: the chaining engine, with a task.Clock and fake inner hosts.
+
+The inner hosts are a fake pool whose queries are Deferreds the test fires
+(or leaves hanging); the local store is a dict behind the real LocalTracker,
+so the certifier check and the "unknown" answers are the production ones.
+The seed examples used are tests/seed.py's corrected models (examples 10,
+11 and 12, corrections listed there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from mtqpgw.certifier import certifier_for_secret
+from mtqpgw.chain import ChainingTracker
+from mtqpgw.config import ChainConfig, InnerHost, RewriteRule
+from mtqpgw.rewrite import Rewriter
+from mtqpgw.status import Action, Answer, Outcome, RecipientStatus, TrackingStatus
+from mtqpgw.store import LocalTracker, StoredMessage
+from tests.seed import ENVID, EXAMPLES, SECRET_B64
+
+GATEWAY = "example2.com"
+WRONG_SECRET = "d3Jvbmcgc2VjcmV0"
+FAR_FUTURE = 4_102_444_800  # 2100-01-01
+
+
+@dataclass
+class Call:
+    """One query the engine made of an inner host."""
+
+    host: str
+    envid: str
+    secret: str
+    secure: bool
+    deferred: defer.Deferred[Answer] = field(repr=False)
+    cancelled: bool = False
+
+
+class FakePool:
+    """Stands in for SessionPool: each query is a Deferred the test controls."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.service = service.Service()
+        # host -> Answer (or Exception) to fire at once; absent: left pending.
+        self.auto: dict[str, Any] = {}
+
+    def track(
+        self, inner: InnerHost, envid: str, secret: str, secure: bool = False
+    ) -> defer.Deferred[Answer]:
+        def cancel(_: defer.Deferred[Answer]) -> None:
+            call.cancelled = True
+
+        d: defer.Deferred[Answer] = defer.Deferred(cancel)
+        call = Call(inner.name, envid, secret, secure, d)
+        self.calls.append(call)
+        if inner.name in self.auto:
+            outcome = self.auto[inner.name]
+            if isinstance(outcome, Exception):
+                d.errback(outcome)
+            else:
+                d.callback(outcome)
+        return d
+
+    def hosts(self) -> list[str]:
+        return [call.host for call in self.calls]
+
+    def call(self, host: str) -> Call:
+        (found,) = [c for c in self.calls if c.host == host]
+        return found
+
+    def answer(self, host: str, answer: Answer) -> None:
+        self.call(host).deferred.callback(answer)
+
+    def fail(self, host: str, exc: Exception) -> None:
+        self.call(host).deferred.errback(exc)
+
+
+class DictStore:
+    """An ITrackingStore in a dict, answering at once (or never, when told to hang)."""
+
+    def __init__(self) -> None:
+        self.messages: dict[str, StoredMessage] = {}
+        self.hang = False
+        self.lookups: list[defer.Deferred[Any]] = []
+
+    def add(self, part: TrackingStatus, secret: str = SECRET_B64) -> None:
+        self.messages[part.original_envelope_id] = StoredMessage(
+            envid=part.original_envelope_id,
+            certifier=certifier_for_secret(secret),
+            expires=FAR_FUTURE,
+            recipients=part.recipients,
+            arrival_date=part.arrival_date,
+            received_from_mta=part.received_from_mta,
+        )
+
+    def lookup(self, envid: str) -> defer.Deferred[StoredMessage | None]:
+        if self.hang:
+            d: defer.Deferred[Any] = defer.Deferred()
+            self.lookups.append(d)
+            return d
+        return defer.succeed(self.messages.get(envid))
+
+
+def part(reporting: str, *recipients: RecipientStatus, envid: str = ENVID) -> TrackingStatus:
+    return TrackingStatus(envid, f"dns; {reporting}", recipients=recipients)
+
+
+def relayed(user: str, to: str, action: Action = Action.RELAYED) -> RecipientStatus:
+    return RecipientStatus(
+        original_recipient=f"rfc822; {user}",
+        final_recipient=f"rfc822; {user}",
+        action=action,
+        status="2.1.9" if action is Action.RELAYED else "2.4.0",
+        remote_mta=f"dns; {to}",
+    )
+
+
+def delivered(user: str) -> RecipientStatus:
+    return RecipientStatus(
+        original_recipient=f"rfc822; {user}",
+        final_recipient=f"rfc822; {user}",
+        action=Action.DELIVERED,
+        status="2.5.0",
+    )
+
+
+def inner_hosts(*names: str) -> tuple[InnerHost, ...]:
+    return tuple(InnerHost(name, "192.0.2.1", 1038, "off") for name in names)
+
+
+class LogCapture:
+    def __init__(self, case: SynchronousTestCase) -> None:
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def text(self) -> str:
+        from twisted.logger import formatEvent
+
+        return "\n".join(formatEvent(e) for e in self.events)
+
+
+class ChainTestCase(SynchronousTestCase):
+    deadline = 110.0
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.store = DictStore()
+        self.pool = FakePool()
+
+    def gateway(
+        self,
+        *names: str,
+        report: str = "hops",
+        fanout: bool = True,
+        max_depth: int = 4,
+        rules: tuple[RewriteRule, ...] = (),
+        unknown_message: str = "noinfo",
+    ) -> ChainingTracker:
+        chain = ChainConfig(
+            deadline=self.deadline,
+            report=report,
+            fanout=fanout,
+            max_depth=max_depth,
+            inner=inner_hosts(*names),
+        )
+        local = LocalTracker(self.store, GATEWAY, unknown_message)
+        return ChainingTracker(
+            local, chain, Rewriter(rules), GATEWAY, reactor=self.clock, pool=self.pool
+        )
+
+
+class SeedExampleTests(ChainTestCase):
+    """Seed examples 10, 11, 12: the gateway relayed user1 to smtp.example3.com."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.local_part, self.inner_part = EXAMPLES[10].parts
+        self.store.add(self.local_part)
+
+    def run_example(self, **kwargs: Any) -> Answer:
+        tracker = self.gateway("smtp.example3.com", **kwargs)
+        d = tracker.track(ENVID, SECRET_B64)
+        self.assertEqual(self.pool.hosts(), ["smtp.example3.com"])
+        call = self.pool.call("smtp.example3.com")
+        self.assertEqual((call.envid, call.secret), (ENVID, SECRET_B64), "secret forwarded")
+        self.assertNoResult(d)
+        self.pool.answer("smtp.example3.com", Answer.found([self.inner_part]))
+        return self.successResultOf(d)
+
+    def test_hops_is_example_10(self) -> None:
+        self.assertEqual(self.run_example(report="hops"), EXAMPLES[10].answer)
+
+    def test_combined_is_example_11(self) -> None:
+        self.assertEqual(self.run_example(report="combined"), EXAMPLES[11].answer)
+
+    def test_rewrite_is_example_12(self) -> None:
+        rules = (
+            RewriteRule("smtp.example3.com", "example2.com"),
+            RewriteRule("example3.com", "example1.com", addresses=True),
+        )
+        self.assertEqual(self.run_example(report="hops", rules=rules), EXAMPLES[12].answer)
+
+    def test_inner_name_matched_case_insensitively(self) -> None:
+        self.store.add(
+            self.local_part.evolve(
+                recipients=(relayed("user1@example1.com", "SMTP.Example3.COM."),)
+            )
+        )
+        self.gateway("smtp.example3.com").track(ENVID, SECRET_B64)
+        self.assertEqual(self.pool.hosts(), ["smtp.example3.com"])
+
+    def test_secure_is_passed_to_the_pool(self) -> None:
+        self.gateway("smtp.example3.com").track(ENVID, SECRET_B64, secure=True)
+        self.assertTrue(self.pool.call("smtp.example3.com").secure)
+
+
+class DeadlineTests(ChainTestCase):
+    deadline = 30.0
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.local = part(
+            GATEWAY,
+            relayed("a@example1.com", "fast.corp"),
+            relayed("b@example1.com", "slow.corp"),
+        )
+        self.store.add(self.local)
+        self.tracker = self.gateway("fast.corp", "slow.corp")
+
+    def test_answer_exactly_at_the_deadline(self) -> None:
+        d = self.tracker.track(ENVID, SECRET_B64)
+        self.assertEqual(self.pool.hosts(), ["fast.corp", "slow.corp"], "asked concurrently")
+        fast = part("fast.corp", delivered("a@example1.com"))
+        self.pool.answer("fast.corp", Answer.found([fast]))
+        self.clock.advance(self.deadline - 0.001)
+        self.assertNoResult(d)
+        self.assertFalse(self.pool.call("slow.corp").cancelled)
+        self.clock.advance(0.001)
+        answer = self.successResultOf(d)
+        # slow.corp's recipient keeps the gateway's block: passed on, no more.
+        self.assertEqual(answer, Answer.found([self.local, fast]))
+        self.assertTrue(self.pool.call("slow.corp").cancelled, "the slow session was aborted")
+        self.assertFalse(self.pool.call("fast.corp").cancelled)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_nothing_answers_gives_the_local_part(self) -> None:
+        d = self.tracker.track(ENVID, SECRET_B64)
+        self.clock.advance(self.deadline)
+        self.assertEqual(self.successResultOf(d), Answer.found([self.local]))
+        self.assertTrue(all(call.cancelled for call in self.pool.calls))
+
+    def test_combined_keeps_the_gateway_block_for_the_silent_host(self) -> None:
+        tracker = self.gateway("fast.corp", "slow.corp", report="combined")
+        d = tracker.track(ENVID, SECRET_B64)
+        self.pool.answer(
+            "fast.corp", Answer.found([part("fast.corp", delivered("a@example1.com"))])
+        )
+        self.clock.advance(self.deadline)
+        (combined,) = self.successResultOf(d).parts
+        self.assertEqual(combined.reporting_mta, f"dns; {GATEWAY}")
+        self.assertEqual(
+            combined.recipients, (delivered("a@example1.com"), self.local.recipients[1])
+        )
+
+    def test_answers_early_when_all_hosts_answered(self) -> None:
+        d = self.tracker.track(ENVID, SECRET_B64)
+        self.pool.answer("fast.corp", Answer.noinfo())
+        self.assertNoResult(d)
+        self.pool.answer("slow.corp", Answer.noinfo())
+        self.assertEqual(self.successResultOf(d), Answer.found([self.local]))
+        self.assertEqual(self.clock.getDelayedCalls(), [], "deadline timer cancelled")
+
+    def test_local_store_hanging(self) -> None:
+        self.store.hang = True
+        d = self.tracker.track(ENVID, SECRET_B64)
+        self.clock.advance(self.deadline - 0.001)
+        self.assertNoResult(d)
+        self.clock.advance(0.001)
+        answer = self.successResultOf(d)
+        self.assertEqual((answer.outcome, answer.reasons), (Outcome.TEMP, ("unavailable",)))
+        self.assertEqual(self.pool.calls, [], "no inner host asked without a local answer")
+        self.assertTrue(self.store.lookups[0].called, "the look-up was cancelled")
+
+    def test_deadline_must_be_under_two_minutes(self) -> None:
+        self.deadline = 120.0
+        self.assertRaises(ValueError, self.gateway, "fast.corp")
+        self.deadline = 0
+        self.assertRaises(ValueError, self.gateway, "fast.corp")
+
+
+class CancelTests(ChainTestCase):
+    def test_cancelling_the_track_cancels_every_inner_query(self) -> None:
+        self.store.add(
+            part(GATEWAY, relayed("a@example1.com", "a.corp"), relayed("b@example1.com", "b.corp"))
+        )
+        d = self.gateway("a.corp", "b.corp").track(ENVID, SECRET_B64)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual([c.cancelled for c in self.pool.calls], [True, True])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cancelling_while_the_local_lookup_runs(self) -> None:
+        self.store.hang = True
+        d = self.gateway("a.corp").track(ENVID, SECRET_B64)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertTrue(self.store.lookups[0].called)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class FollowTests(ChainTestCase):
+    def test_referrals_followed_to_configured_hosts(self) -> None:
+        self.store.add(part(GATEWAY, relayed("a@example1.com", "a.corp")))
+        d = self.gateway("a.corp", "b.corp").track(ENVID, SECRET_B64)
+        a = part("a.corp", relayed("a@example1.com", "b.corp", Action.TRANSFERRED))
+        self.pool.answer("a.corp", Answer.found([a]))
+        self.assertEqual(self.pool.hosts(), ["a.corp", "b.corp"])
+        self.assertEqual(self.pool.call("b.corp").secret, SECRET_B64)
+        b = part("b.corp", delivered("a@example1.com"))
+        self.pool.answer("b.corp", Answer.found([b]))
+        self.assertEqual(len(self.successResultOf(d).parts), 3)
+
+    def test_depth_limit(self) -> None:
+        self.store.add(part(GATEWAY, relayed("a@example1.com", "a.corp")))
+        d = self.gateway("a.corp", "b.corp", "c.corp", max_depth=2).track(ENVID, SECRET_B64)
+        self.pool.answer(
+            "a.corp", Answer.found([part("a.corp", relayed("a@example1.com", "b.corp"))])
+        )
+        self.pool.answer(
+            "b.corp", Answer.found([part("b.corp", relayed("a@example1.com", "c.corp"))])
+        )
+        self.assertEqual(self.pool.hosts(), ["a.corp", "b.corp"], "c.corp is a third inner hop")
+        answer = self.successResultOf(d)
+        self.assertEqual(
+            [p.reporting_mta for p in answer.parts],
+            ["dns; example2.com", "dns; a.corp", "dns; b.corp"],
+        )
+
+    def test_depth_one_asks_only_direct_hosts(self) -> None:
+        self.store.add(part(GATEWAY, relayed("a@example1.com", "a.corp")))
+        d = self.gateway("a.corp", "b.corp", max_depth=1).track(ENVID, SECRET_B64)
+        self.pool.answer(
+            "a.corp", Answer.found([part("a.corp", relayed("a@example1.com", "b.corp"))])
+        )
+        self.successResultOf(d)
+        self.assertEqual(self.pool.hosts(), ["a.corp"])
+
+    def test_no_host_asked_twice(self) -> None:
+        self.store.add(
+            part(
+                GATEWAY,
+                relayed("a@example1.com", "a.corp"),
+                relayed("b@example1.com", "A.CORP"),
+                relayed("c@example1.com", "b.corp"),
+            )
+        )
+        d = self.gateway("a.corp", "b.corp").track(ENVID, SECRET_B64)
+        self.assertEqual(self.pool.hosts(), ["a.corp", "b.corp"])
+        # Each refers to the other, and to itself.
+        self.pool.answer(
+            "a.corp",
+            Answer.found(
+                [
+                    part(
+                        "a.corp",
+                        relayed("a@example1.com", "b.corp"),
+                        relayed("b@example1.com", "a.corp"),
+                    )
+                ]
+            ),
+        )
+        self.pool.answer(
+            "b.corp", Answer.found([part("b.corp", relayed("c@example1.com", "a.corp"))])
+        )
+        self.successResultOf(d)
+        self.assertEqual(self.pool.hosts(), ["a.corp", "b.corp"])
+
+    def test_unconfigured_remote_mta_never_contacted(self) -> None:
+        local = part(
+            GATEWAY,
+            relayed("a@example1.com", "attacker.example"),
+            relayed("b@example1.com", "a.corp"),
+        )
+        self.store.add(local)
+        d = self.gateway("a.corp").track(ENVID, SECRET_B64)
+        self.assertEqual(self.pool.hosts(), ["a.corp"])
+        self.pool.answer(
+            "a.corp",
+            Answer.found(
+                [
+                    part(
+                        "a.corp",
+                        relayed("b@example1.com", "evil.example"),
+                        relayed("b@example1.com", "127.0.0.1"),
+                    )
+                ]
+            ),
+        )
+        self.successResultOf(d)
+        self.assertEqual(self.pool.hosts(), ["a.corp"])
+
+    def test_own_name_never_contacted(self) -> None:
+        self.store.add(part(GATEWAY, relayed("a@example1.com", GATEWAY)))
+        d = self.gateway(GATEWAY, "a.corp").track(ENVID, SECRET_B64)
+        self.assertEqual(self.pool.hosts(), [])
+        self.successResultOf(d)
+
+    def test_delivered_recipients_are_not_followed(self) -> None:
+        self.store.add(
+            part(
+                GATEWAY,
+                delivered("a@example1.com").evolve(remote_mta="dns; a.corp"),
+                relayed("b@example1.com", "b.corp"),
+            )
+        )
+        self.gateway("a.corp", "b.corp").track(ENVID, SECRET_B64)
+        self.assertEqual(self.pool.hosts(), ["b.corp"])
+
+    def test_path_order_is_by_depth_not_by_arrival(self) -> None:
+        self.store.add(
+            part(GATEWAY, relayed("a@example1.com", "a.corp"), relayed("b@example1.com", "b.corp"))
+        )
+        d = self.gateway("a.corp", "b.corp", "c.corp").track(ENVID, SECRET_B64)
+        self.pool.answer(
+            "a.corp", Answer.found([part("a.corp", relayed("a@example1.com", "c.corp"))])
+        )
+        self.pool.answer("c.corp", Answer.found([part("c.corp", delivered("a@example1.com"))]))
+        self.pool.answer("b.corp", Answer.found([part("b.corp", delivered("b@example1.com"))]))
+        reporters = [p.reporting_mta for p in self.successResultOf(d).parts]
+        self.assertEqual(
+            reporters, ["dns; example2.com", "dns; a.corp", "dns; b.corp", "dns; c.corp"]
+        )
+
+    def test_inner_gateway_with_several_parts(self) -> None:
+        self.store.add(part(GATEWAY, relayed("a@example1.com", "a.corp")))
+        d = self.gateway("a.corp").track(ENVID, SECRET_B64)
+        deeper = [
+            part("a.corp", relayed("a@example1.com", "hidden.corp")),
+            part("hidden.corp", delivered("a@example1.com")),
+        ]
+        self.pool.answer("a.corp", Answer.found(deeper))
+        self.assertEqual(self.successResultOf(d).parts[1:], tuple(deeper))
+        self.assertEqual(self.pool.hosts(), ["a.corp"], "hidden.corp is not configured here")
+
+    def test_synchronous_answers(self) -> None:
+        # A pool may answer before track() returns (a cached answer, a fake).
+        self.store.add(
+            part(GATEWAY, relayed("a@example1.com", "a.corp"), relayed("b@example1.com", "b.corp"))
+        )
+        self.pool.auto["a.corp"] = Answer.found(
+            [part("a.corp", relayed("a@example1.com", "c.corp"))]
+        )
+        self.pool.auto["b.corp"] = Answer.noinfo()
+        self.pool.auto["c.corp"] = Answer.found([part("c.corp", delivered("a@example1.com"))])
+        d = self.gateway("a.corp", "b.corp", "c.corp").track(ENVID, SECRET_B64)
+        self.assertEqual(sorted(self.pool.hosts()), ["a.corp", "b.corp", "c.corp"])
+        reporters = [p.reporting_mta for p in self.successResultOf(d).parts]
+        self.assertEqual(reporters, ["dns; example2.com", "dns; a.corp", "dns; c.corp"])
+
+
+class UnknownTests(ChainTestCase):
+    """No local record: fan-out, and unknown id and wrong secret answering alike."""
+
+    def test_fanout_asks_every_inner_host(self) -> None:
+        d = self.gateway("a.corp", "b.corp").track(ENVID, SECRET_B64)
+        self.assertEqual(self.pool.hosts(), ["a.corp", "b.corp"])
+        b = part("b.corp", delivered("a@example1.com"))
+        self.pool.answer("a.corp", Answer.noinfo())
+        self.pool.answer("b.corp", Answer.found([b]))
+        self.assertEqual(self.successResultOf(d), Answer.found([b]))
+
+    def test_fanout_combined_reports_as_the_gateway(self) -> None:
+        d = self.gateway("a.corp", report="combined").track(ENVID, SECRET_B64)
+        self.pool.answer("a.corp", Answer.found([part("a.corp", delivered("a@example1.com"))]))
+        (combined,) = self.successResultOf(d).parts
+        self.assertEqual(combined.reporting_mta, f"dns; {GATEWAY}")
+
+    def test_nothing_anywhere_is_the_local_unknown_answer(self) -> None:
+        for mode in ("noinfo", "opaque"):
+            self.pool.calls.clear()
+            local = LocalTracker(self.store, GATEWAY, mode)
+            expected = self.successResultOf(local.track(ENVID, SECRET_B64))
+            d = self.gateway("a.corp", "b.corp", unknown_message=mode).track(ENVID, SECRET_B64)
+            self.pool.answer("a.corp", Answer.noinfo())
+            self.pool.answer("b.corp", expected)  # an inner opaque answer tells nothing
+            self.assertEqual(self.successResultOf(d), expected, mode)
+
+    def test_wrong_secret_same_as_unknown(self) -> None:
+        self.store.add(part(GATEWAY, relayed("a@example1.com", "a.corp")))
+        tracker = self.gateway("a.corp", "b.corp")
+        outcomes = []
+        for envid, secret in ((ENVID, WRONG_SECRET), ("unknown@example.com", WRONG_SECRET)):
+            self.pool.calls.clear()
+            d = tracker.track(envid, secret)
+            # With no local record the gateway asks every inner host,
+            # forwarding the secret; they check it and say noinfo.
+            self.assertEqual(self.pool.hosts(), ["a.corp", "b.corp"])
+            self.assertEqual({c.secret for c in self.pool.calls}, {WRONG_SECRET})
+            for call in self.pool.calls:
+                call.deferred.callback(Answer.noinfo())
+            outcomes.append(self.successResultOf(d))
+        self.assertEqual(outcomes[0], outcomes[1])
+        self.assertEqual(outcomes[0], Answer.noinfo())
+
+    def test_no_fanout(self) -> None:
+        d = self.gateway("a.corp", fanout=False).track(ENVID, SECRET_B64)
+        self.assertEqual(self.pool.hosts(), [])
+        self.assertEqual(self.successResultOf(d), Answer.noinfo())
+
+    def test_store_unavailable_passed_on(self) -> None:
+        def broken(envid: str) -> defer.Deferred[Any]:
+            return defer.fail(RuntimeError("disk gone"))
+
+        self.store.lookup = broken  # type: ignore[method-assign]
+        d = self.gateway("a.corp").track(ENVID, SECRET_B64)
+        self.assertEqual(self.successResultOf(d).outcome, Outcome.TEMP)
+        self.assertEqual(self.pool.hosts(), [])
+        self.flushLoggedErrors(RuntimeError)
+
+
+class InnerFailureTests(ChainTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.log = LogCapture(self)
+        self.local = part(
+            GATEWAY,
+            relayed("a@example1.com", "good.corp"),
+            relayed("b@example1.com", "err.corp"),
+            relayed("c@example1.com", "temp.corp"),
+            relayed("d@example1.com", "broken.corp"),
+        )
+        self.store.add(self.local)
+        self.good = part("good.corp", delivered("a@example1.com"))
+
+    def test_each_failure_costs_only_its_host(self) -> None:
+        from mtqpgw.client import ClientError
+
+        d = self.gateway("good.corp", "err.corp", "temp.corp", "broken.corp").track(
+            ENVID, SECRET_B64
+        )
+        self.pool.answer("err.corp", Answer.error(("unsupported",), "go away"))
+        self.pool.answer("temp.corp", Answer.temp(("unavailable",), "busy"))
+        self.pool.fail("broken.corp", ClientError("the server sent a line longer than 998 octets"))
+        self.pool.answer("good.corp", Answer.found([self.good]))
+        self.assertEqual(self.successResultOf(d), Answer.found([self.local, self.good]))
+        text = self.log.text()
+        for host in ("err.corp", "temp.corp", "broken.corp"):
+            self.assertIn(host, text)
+        self.assertIn("longer than 998 octets", text)
+        self.assertIn(ENVID, text)
+        self.assertNotIn(SECRET_B64, text, "the secret is never logged")
+        self.assertFalse(
+            any(SECRET_B64 in repr(event) for event in self.log.events), "not even in fields"
+        )
+
+    def test_deadline_is_logged_per_host(self) -> None:
+        self.deadline = 5
+        d = self.gateway("good.corp").track(ENVID, SECRET_B64)
+        self.clock.advance(5)
+        self.successResultOf(d)
+        self.assertIn("good.corp", self.log.text())
+        self.assertIn("deadline", self.log.text())
+
+    def test_pool_raising_costs_that_host(self) -> None:
+        class Raising(FakePool):
+            def track(self, inner: InnerHost, *args: Any, **kwargs: Any) -> Any:
+                if inner.name == "err.corp":
+                    raise RuntimeError("bug")
+                return super().track(inner, *args, **kwargs)
+
+        self.pool = Raising()
+        d = self.gateway("good.corp", "err.corp").track(ENVID, SECRET_B64)
+        self.pool.answer("good.corp", Answer.found([self.good]))
+        self.assertEqual(self.successResultOf(d), Answer.found([self.local, self.good]))
+        self.assertIn("err.corp", self.log.text())
+
+
+class ServiceTests(ChainTestCase):
+    def test_service_is_the_pools(self) -> None:
+        tracker = self.gateway("a.corp")
+        self.assertIs(tracker.service, self.pool.service)
+
+    def test_default_pool(self) -> None:
+        chain = ChainConfig(inner=inner_hosts("a.corp"))
+        tracker = ChainingTracker(
+            LocalTracker(self.store, GATEWAY), chain, Rewriter(), GATEWAY, reactor=self.clock
+        )
+        self.assertTrue(service.IService.providedBy(tracker.service))
+        self.assertEqual(tracker.deadline, 110.0)
