@@ -141,7 +141,7 @@ def _status_bytes(indicator: Indicator, reasons: tuple[str, ...], text: str) -> 
 def _check_data_lines(lines: tuple[bytes, ...]) -> None:
     """ValueError unless every line is bytes without CR/LF that fits 998 octets once stuffed.
 
-    Done with C-level passes over all lines (one join, two counts, one max)
+    Done with C-level passes over all lines (a join, a count, a search, a max)
     instead of a Python test per line: a report can have thousands.
     """
     if not lines:
