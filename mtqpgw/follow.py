@@ -1,0 +1,131 @@
+# -*- test-case-name: tests.test_trackcmd -*-
+"""Planning ``mtqp track --follow``: which MTA to ask next, never one twice, within a hop limit.
+
+Sans-I/O.  The caller asks servers; this module only looks at what they
+answered and says who is next::
+
+    path = [Hop("mx.example", answer)]
+    while (step := plan(path, max_hops)).ask:
+        referral = step.ask[0]
+        path.append(ask(referral.host))        # one hop at a time
+
+A host counts as known, and is never asked, once it has been asked or once
+some answer already carries a part reported by it (a firewall gateway that
+chains answers for its inner hosts itself: those inner hosts have spoken,
+and are usually unreachable from outside anyway).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from mtqpgw.merge import referrals
+from mtqpgw.status import Answer, mta_name
+
+__all__ = ["Hop", "Plan", "Referral", "hop_host", "plan"]
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One server asked on the path: what it answered, or why it could not be asked.
+
+    ``host`` is the name asked (as the user or a Remote-MTA gave it,
+    normalised by L{hop_host}); ``server`` the ``host:port`` that answered
+    (after SRV discovery); ``answer`` None when ``error`` says why there is
+    none; ``referral`` how this hop came to be asked (None for the first).
+    """
+
+    host: str
+    answer: Answer | None = None
+    error: str | None = None
+    server: str | None = None
+    referral: Referral | None = None
+
+
+class Referral(NamedTuple):
+    """A relayed/transferred recipient's Remote-MTA: where to ask next, and who said so."""
+
+    host: str
+    referrer: str  # the host of the hop whose answer named it
+    recipient: str  # the recipient it was said of (Original-, else Final-Recipient)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do after the hops so far.
+
+    ``ask``: referrals to hosts not yet known, in path order (ask the first
+    next); ``beyond_limit``: referrals dropped because the hop limit is
+    reached; ``repeats``: referrals to hosts already on the path, asked or
+    reporting in some answer (a loop in the data, or a gateway that answered
+    for its inner hosts), never followed.  The referral that brought a hop
+    is none of these.
+    """
+
+    ask: tuple[Referral, ...]
+    beyond_limit: tuple[Referral, ...]
+    repeats: tuple[Referral, ...]
+
+
+def hop_host(name: str) -> str:
+    """The form a host is compared in: lower-case, no root dot, address literal unbracketed.
+
+    A Remote-MTA may name an address literal (``dns; [192.0.2.1]``): it is
+    asked at that address, like an IP given on the command line.
+    """
+    name = name.strip().rstrip(".").lower()
+    if name.startswith("[") and name.endswith("]"):
+        inner = name[1:-1]
+        if inner.startswith("ipv6:"):
+            inner = inner[len("ipv6:") :]
+        try:
+            return str(ipaddress.ip_address(inner))
+        except ValueError:
+            return name
+    return name
+
+
+def _known(path: Sequence[Hop]) -> set[str]:
+    known = {hop.host for hop in path}
+    for hop in path:
+        if hop.answer is not None and hop.answer.ok:
+            for part in hop.answer.parts:
+                reporter = mta_name(part.reporting_mta)
+                if reporter:
+                    known.add(hop_host(reporter))
+    return known
+
+
+def plan(path: Sequence[Hop], max_hops: int) -> Plan:
+    """Who to ask after *path* (the hops asked so far, in order), at most *max_hops* in all.
+
+    Referrals are collected from every answer on the path in order (part
+    order, then recipient order), each host once.
+    """
+    known = _known(path)
+    # The referrals that brought each hop: not repeats, however often the
+    # same referrer names that host again (one per recipient, say).
+    followed = {(hop.host, hop.referral.referrer) for hop in path if hop.referral is not None}
+    fresh: list[Referral] = []
+    repeats: list[Referral] = []
+    queued: set[str] = set()
+    for hop in path:
+        if hop.answer is None or not hop.answer.ok:
+            continue
+        for part in hop.answer.parts:
+            for name, block in referrals(part):
+                host = hop_host(name)
+                recipient = block.original_recipient or block.final_recipient
+                referral = Referral(host, hop.host, recipient)
+                if (host, hop.host) in followed:
+                    continue
+                if host in known:
+                    repeats.append(referral)
+                elif host not in queued:
+                    queued.add(host)
+                    fresh.append(referral)
+    room = max(0, max_hops - len(path))
+    return Plan(tuple(fresh[:room]), tuple(fresh[room:]), tuple(repeats))
