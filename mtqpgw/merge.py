@@ -201,9 +201,10 @@ class _Roster:
         self._carry_original = carry_original
         self._slots: list[_Slot] = []
         self._by_key: dict[str, int] = {}
-        # Final-Recipient address -> slots that handed that address on, from
-        # earlier parts only: two blocks of one part are never the same
-        # recipient by this route.
+        # Final-Recipient address -> slots whose accepted blocks handed that
+        # address on, from earlier parts only: two blocks of one part are
+        # never the same recipient by this route, and an opaque block that
+        # was not taken handed nothing on.
         self._by_final: dict[str, set[int]] = {}
         # A block with no address at all cannot be joined; only an identical
         # copy of it is the same recipient.
@@ -218,10 +219,9 @@ class _Roster:
             group = groups.setdefault(index, [])
             if block not in group:
                 group.append(block)
-        for index, group in groups.items():
-            self._offer(index, tuple(group))
-        for index, group in groups.items():
-            for block in group:
+        accepted = [index for index, group in groups.items() if self._offer(index, tuple(group))]
+        for index in accepted:
+            for block in self._slots[index].blocks:
                 final = address_of(block.final_recipient)
                 if final:
                     self._by_final.setdefault(final, set()).add(index)
@@ -255,13 +255,15 @@ class _Roster:
             self._by_key[key] = index
         return index
 
-    def _offer(self, index: int, group: tuple[RecipientStatus, ...]) -> None:
+    def _offer(self, index: int, group: tuple[RecipientStatus, ...]) -> bool:
+        """Let ``group`` replace the slot's blocks unless it says less; True when it did."""
         slot = self._slots[index]
         if slot.blocks and _says_nothing(group) and not _says_nothing(slot.blocks):
-            return
+            return False
         if self._carry_original and slot.blocks:
             group = self._with_original(group, slot.blocks)
         slot.blocks = group
+        return True
 
     @staticmethod
     def _with_original(

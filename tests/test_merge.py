@@ -1,0 +1,494 @@
+"""Tests for mtqpgw.merge: the hops and combined report modes, and referrals."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from mtqpgw.merge import MODES, merge, merge_combined, merge_hops, referrals
+from mtqpgw.status import Action, RecipientStatus, TrackingStatus, address_of
+
+ENVID = "12345-20010101@example.com"
+ARRIVED = "Mon, 1 Jan 2001 15:15:15 -0500"
+ATTEMPTED = "Mon, 1 Jan 2001 19:15:03 -0500"
+
+
+def block(
+    final: str,
+    action: str = "delivered",
+    status: str = "2.5.0",
+    original: str | None = None,
+    **fields: object,
+) -> RecipientStatus:
+    return RecipientStatus(
+        final_recipient=f"rfc822; {final}",
+        action=Action(action),
+        status=status,
+        original_recipient=None if original is None else f"rfc822; {original}",
+        **fields,
+    )
+
+
+def part(reporter: str, *recipients: RecipientStatus, **fields: object) -> TrackingStatus:
+    fields.setdefault("arrival_date", ARRIVED)
+    return TrackingStatus(
+        original_envelope_id=ENVID,
+        reporting_mta=f"dns; {reporter}",
+        recipients=recipients,
+        **fields,
+    )
+
+
+def relayed(address: str, to: str = "smtp.example3.com") -> RecipientStatus:
+    return block(
+        address,
+        "relayed",
+        "2.1.9",
+        original=address,
+        remote_mta=f"dns; {to}",
+        last_attempt_date=ATTEMPTED,
+    )
+
+
+# Seed example 10 as printed: the gateway's part and the inner part.
+GATEWAY_10 = part("example2.com", relayed("user1@example1.com"))
+INNER_10 = part("smtp.example3.com", block("user4@example3.com", original="user2@example1.com"))
+# Seed example 11 as read here: the gateway relayed both users to the inner
+# host, which delivered user2 as user4 and said nothing about user1.
+GATEWAY_11 = part("example2.com", relayed("user1@example1.com"), relayed("user2@example1.com"))
+
+
+def keys(ts: TrackingStatus) -> list[str | None]:
+    return [b.join_key for b in ts.recipients]
+
+
+class SeedExampleTests(SynchronousTestCase):
+    def test_example_10_hops(self) -> None:
+        """Seed example 10 (firewall, one part per hop), from model values.
+
+        The example is inconsistent: the gateway's part lists only user1,
+        relayed to smtp.example3.com, while the inner part reports only
+        user2@example1.com, delivered as user4@example3.com.  Read here as
+        two excerpts, merged as printed: the hops mode does not touch a
+        part, so both come out exactly as given, the gateway's first.  The
+        seed lost the second part's "S:" prefixes (seed-defects.md); at the
+        model level that does not matter.
+        """
+        self.assertEqual(merge_hops(GATEWAY_10, [INNER_10]), (GATEWAY_10, INNER_10))
+        result = merge_hops(GATEWAY_10, [INNER_10])
+        self.assertIs(result[0], GATEWAY_10)
+        self.assertIs(result[1], INNER_10)
+
+    def test_example_10_consistent(self) -> None:
+        """The consistent reading: the gateway relayed user1 and user2, both parts come out."""
+        gateway = GATEWAY_11
+        self.assertEqual(merge_hops(gateway, [INNER_10]), (gateway, INNER_10))
+
+    def test_example_11_combined(self) -> None:
+        """Seed example 11 (firewall, combining per-recipient blocks), from model values.
+
+        Read as: the gateway (example2.com) relayed user1 and user2 to
+        smtp.example3.com; the inner host reported user2@example1.com
+        delivered as user4@example3.com (joined by Original-Recipient though
+        its Final-Recipient differs) and nothing about user1, who keeps the
+        gateway's relayed block.  The seed's "Status:2.5.0" (no space,
+        seed-defects.md) is a wire spelling; the model holds "2.5.0".
+        """
+        (combined,) = merge_combined(GATEWAY_11, [INNER_10])
+        expected = part(
+            "example2.com",
+            relayed("user1@example1.com"),
+            block("user4@example3.com", original="user2@example1.com"),
+        )
+        self.assertEqual(combined, expected)
+
+    def test_example_11_from_example_10_as_printed(self) -> None:
+        """With example 10's gateway part as printed, user2 is new to the gateway: it comes second."""
+        (combined,) = merge_combined(GATEWAY_10, [INNER_10])
+        self.assertEqual(combined.recipients, GATEWAY_10.recipients + INNER_10.recipients)
+        self.assertEqual(combined.reporting_mta, "dns; example2.com")
+
+
+class CombinedTests(SynchronousTestCase):
+    def test_empty_inner_returns_local_itself(self) -> None:
+        result = merge_combined(GATEWAY_11, [])
+        self.assertEqual(len(result), 1)
+        self.assertIs(result[0], GATEWAY_11)
+
+    def test_inner_with_nothing_new_returns_local_itself(self) -> None:
+        inner = part("smtp.example3.com", block("user9@example1.com", "opaque", "5.0.0"))
+        local = part("example2.com", relayed("user9@example1.com"))
+        self.assertIs(merge_combined(local, [inner])[0], local)
+
+    def test_nothing_at_all(self) -> None:
+        self.assertEqual(merge_combined(None, []), ())
+        self.assertEqual(merge_hops(None, []), ())
+
+    def test_no_local_part(self) -> None:
+        inner = part(
+            "smtp.corp.example.com",
+            block("a@example1.com", original="a@example1.com"),
+            received_from_mta="dns; client.example.net",
+            extensions=(("X-Queue", "abc"),),
+        )
+        deeper = part("mx2.corp.example.com", block("b@example1.com"))
+        (combined,) = merge_combined(None, [inner, deeper])
+        # Without the gateway's name the first inner reporter stands.
+        self.assertEqual(combined.reporting_mta, "dns; smtp.corp.example.com")
+        self.assertEqual(combined.received_from_mta, "dns; client.example.net")
+        self.assertEqual(combined.extensions, (("X-Queue", "abc"),))
+        self.assertEqual(keys(combined), ["a@example1.com", "b@example1.com"])
+        (named,) = merge_combined(None, [inner, deeper], reporting_mta="gw.example.com")
+        self.assertEqual(named.reporting_mta, "dns; gw.example.com")
+        self.assertEqual(named.arrival_date, ARRIVED)
+        (typed,) = merge_combined(None, [inner], reporting_mta="dns; gw.example.com")
+        self.assertEqual(typed.reporting_mta, "dns; gw.example.com")
+
+    def test_reporting_mta_ignored_with_local_part(self) -> None:
+        (combined,) = merge_combined(GATEWAY_11, [INNER_10], reporting_mta="other.example")
+        self.assertEqual(combined.reporting_mta, "dns; example2.com")
+
+    def test_deepest_hop_wins(self) -> None:
+        local = part("example2.com", relayed("u@example1.com", "hop1.example"))
+        hop1 = part("hop1.example", relayed("u@example1.com", "hop2.example"))
+        hop2 = part("hop2.example", block("u@example1.com", original="u@example1.com"))
+        (combined,) = merge_combined(local, [hop1, hop2])
+        self.assertEqual(combined.recipients, hop2.recipients)
+        (partial,) = merge_combined(local, [hop1])
+        self.assertEqual(partial.recipients, hop1.recipients)
+
+    def test_join_by_original_recipient_case_of_domain(self) -> None:
+        local = part("example2.com", relayed("user@Example1.COM"))
+        inner = part("in.example", block("user@host.example1.com", original="user@example1.com"))
+        (combined,) = merge_combined(local, [inner])
+        self.assertEqual(combined.recipients, inner.recipients)
+
+    def test_join_by_final_recipient_when_no_original(self) -> None:
+        local = part("example2.com", block("u@example1.com", "relayed", "2.1.9"))
+        inner = part("in.example", block("u@example1.com", "failed", "5.2.2"))
+        (combined,) = merge_combined(local, [inner])
+        self.assertEqual(combined.recipients, inner.recipients)
+
+    def test_join_by_handed_on_address_carries_original(self) -> None:
+        """A hop that got no ORCPT reports only the address the gateway handed it."""
+        local = part(
+            "example2.com",
+            block("alias@corp.example1.com", "relayed", "2.1.9", original="user@example1.com"),
+        )
+        inner = part("in.example", block("alias@corp.example1.com"))
+        (combined,) = merge_combined(local, [inner])
+        self.assertEqual(
+            combined.recipients,
+            (block("alias@corp.example1.com", original="user@example1.com"),),
+        )
+
+    def test_handed_on_address_shared_by_two_is_not_guessed(self) -> None:
+        local = part(
+            "example2.com",
+            block("box@corp.example1.com", "relayed", "2.1.9", original="a@example1.com"),
+            block("box@corp.example1.com", "relayed", "2.1.9", original="b@example1.com"),
+        )
+        inner = part("in.example", block("box@corp.example1.com"))
+        (combined,) = merge_combined(local, [inner])
+        self.assertEqual(combined.recipients, local.recipients + inner.recipients)
+
+    def test_other_original_at_same_final_stays_apart(self) -> None:
+        local = part(
+            "example2.com",
+            block("box@example1.com", "relayed", "2.1.9", original="a@example1.com"),
+        )
+        inner = part("in.example", block("box@example1.com", original="z@example1.com"))
+        (combined,) = merge_combined(local, [inner])
+        self.assertEqual(combined.recipients, local.recipients + inner.recipients)
+
+    def test_unknown_action_kept(self) -> None:
+        local = part("example2.com", relayed("u@example1.com"))
+        inner = part(
+            "in.example", block("u@example1.com", "queued", "4.0.0", original="u@example1.com")
+        )
+        (combined,) = merge_combined(local, [inner])
+        (only,) = combined.recipients
+        self.assertEqual(only.action.value, "queued")
+        self.assertEqual(only, inner.recipients[0])
+
+    def test_opaque_does_not_hide_what_is_known(self) -> None:
+        local = part("example2.com", relayed("u@example1.com"))
+        inner = part(
+            "in.example", block("u@example1.com", "opaque", "5.0.0", original="u@example1.com")
+        )
+        self.assertIs(merge_combined(local, [inner])[0], local)
+        deeper = part("deep.example", block("u@example1.com", original="u@example1.com"))
+        (combined,) = merge_combined(local, [inner, deeper])
+        self.assertEqual(combined.recipients, deeper.recipients)
+
+    def test_opaque_alone_is_kept(self) -> None:
+        inner = part("in.example", block("u@example1.com", "opaque", "5.0.0"))
+        (combined,) = merge_combined(None, [inner])
+        self.assertEqual(combined.recipients, inner.recipients)
+
+    def test_expansion_kept_whole(self) -> None:
+        """An inner host expanded a list: two blocks, one Original-Recipient, both kept."""
+        local = part("example2.com", relayed("team@example1.com"), relayed("x@example1.com"))
+        inner = part(
+            "in.example",
+            block("a@example1.com", original="team@example1.com"),
+            block("b@example1.com", "failed", "5.1.1", original="team@example1.com"),
+            block("a@example1.com", original="team@example1.com"),
+        )
+        (combined,) = merge_combined(local, [inner])
+        self.assertEqual(
+            combined.recipients,
+            inner.recipients[:2] + (relayed("x@example1.com"),),
+        )
+
+    def test_order_gateway_first_then_first_appearance(self) -> None:
+        local = part("example2.com", relayed("b@example1.com"), relayed("a@example1.com"))
+        hop1 = part(
+            "hop1.example",
+            block("z@example1.com", original="z@example1.com"),
+            block("a@example1.com", original="a@example1.com"),
+        )
+        hop2 = part(
+            "hop2.example",
+            block("y@example1.com", original="y@example1.com"),
+            block("z@example1.com", "failed", "5.0.0", original="z@example1.com"),
+            block("b@example1.com", original="b@example1.com"),
+        )
+        (combined,) = merge_combined(local, [hop1, hop2])
+        self.assertEqual(
+            keys(combined),
+            ["b@example1.com", "a@example1.com", "z@example1.com", "y@example1.com"],
+        )
+        self.assertEqual(combined.recipients[2].action, Action.FAILED)
+
+    def test_unjoinable_blocks_kept_once(self) -> None:
+        nameless = RecipientStatus(final_recipient="", action=Action.FAILED, status="5.0.0")
+        local = part("example2.com", relayed("u@example1.com"))
+        inner = part("in.example", nameless, nameless)
+        deeper = part("deep.example", nameless)
+        (combined,) = merge_combined(local, [inner, deeper])
+        self.assertEqual(combined.recipients, (relayed("u@example1.com"), nameless))
+
+
+class HopsTests(SynchronousTestCase):
+    def test_empty_inner_returns_local(self) -> None:
+        result = merge_hops(GATEWAY_10, [])
+        self.assertEqual(len(result), 1)
+        self.assertIs(result[0], GATEWAY_10)
+
+    def test_no_local_part(self) -> None:
+        self.assertEqual(merge_hops(None, [INNER_10]), (INNER_10,))
+
+    def test_path_order_kept(self) -> None:
+        a = part("a.example", block("u@example1.com"))
+        b = part("b.example", block("u@example1.com"))
+        c = part("c.example", block("v@example1.com"))
+        self.assertEqual(merge_hops(GATEWAY_10, [b, a, c]), (GATEWAY_10, b, a, c))
+
+    def test_same_reporter_merged(self) -> None:
+        first = part(
+            "smtp.example3.com",
+            block("a@example1.com", "delayed", "4.4.1", original="a@example1.com"),
+            block("b@example1.com", original="b@example1.com"),
+            extensions=(("X-One", "1"),),
+            arrival_date=None,
+        )
+        other = part("other.example", block("c@example1.com"))
+        second = TrackingStatus(
+            original_envelope_id=ENVID,
+            reporting_mta="DNS; SMTP.Example3.COM.",
+            arrival_date=ARRIVED,
+            received_from_mta="dns; example2.com",
+            extensions=(("X-One", "1"), ("X-Two", "2")),
+            recipients=(
+                block("d@example1.com", original="d@example1.com"),
+                block("a@example1.com", original="a@example1.com"),
+            ),
+        )
+        merged, kept = merge_hops(None, [first, other, second])
+        self.assertIs(kept, other)
+        self.assertEqual(merged.reporting_mta, "dns; smtp.example3.com")
+        self.assertEqual(merged.arrival_date, ARRIVED)
+        self.assertEqual(merged.received_from_mta, "dns; example2.com")
+        self.assertEqual(merged.extensions, (("X-One", "1"), ("X-Two", "2")))
+        # The later block for a replaces the earlier one, in its place.
+        self.assertEqual(
+            merged.recipients,
+            (
+                block("a@example1.com", original="a@example1.com"),
+                block("b@example1.com", original="b@example1.com"),
+                block("d@example1.com", original="d@example1.com"),
+            ),
+        )
+
+    def test_duplicates_removed(self) -> None:
+        self.assertEqual(merge_hops(GATEWAY_10, [INNER_10, INNER_10]), (GATEWAY_10, INNER_10))
+        self.assertEqual(merge_hops(GATEWAY_10, [GATEWAY_10, INNER_10]), (GATEWAY_10, INNER_10))
+
+    def test_local_never_merged(self) -> None:
+        """An inner part that names the gateway as reporter stays a part of its own."""
+        impostor = part("example2.com", block("x@example1.com"))
+        self.assertEqual(
+            merge_hops(GATEWAY_10, [impostor, INNER_10]), (GATEWAY_10, impostor, INNER_10)
+        )
+
+    def test_non_dns_reporters(self) -> None:
+        a = TrackingStatus(ENVID, "x-local; Box", recipients=(block("a@example1.com"),))
+        b = TrackingStatus(ENVID, "X-Local;  box", recipients=(block("b@example1.com"),))
+        c = TrackingStatus(ENVID, "dns; x-local", recipients=(block("c@example1.com"),))
+        merged, other = merge_hops(None, [a, b, c])
+        self.assertEqual(keys(merged), ["a@example1.com", "b@example1.com"])
+        self.assertIs(other, c)
+
+
+class DispatchAndReferralTests(SynchronousTestCase):
+    def test_merge_dispatch(self) -> None:
+        self.assertEqual(MODES, ("hops", "combined"))
+        self.assertEqual(merge("hops", GATEWAY_10, [INNER_10]), (GATEWAY_10, INNER_10))
+        self.assertEqual(
+            merge("combined", GATEWAY_11, [INNER_10]), merge_combined(GATEWAY_11, [INNER_10])
+        )
+        self.assertEqual(
+            merge("combined", None, [INNER_10], reporting_mta="gw.example")[0].reporting_mta,
+            "dns; gw.example",
+        )
+        self.assertRaises(ValueError, merge, "final", GATEWAY_10, [])
+
+    def test_referrals(self) -> None:
+        transferred = block(
+            "t@example1.com", "transferred", "2.1.5", remote_mta="dns; MX2.Corp.Example.com."
+        )
+        local = part(
+            "example2.com",
+            relayed("a@example1.com", "Smtp.Example3.com"),
+            block("b@example1.com", remote_mta="dns; smtp.example3.com"),
+            block("c@example1.com", "relayed", "2.1.9"),
+            block("d@example1.com", "relayed", "2.1.9", remote_mta="x400; c=us"),
+            transferred,
+            relayed("e@example1.com", "[10.0.0.5]"),
+        )
+        self.assertEqual(
+            referrals(local),
+            [
+                ("smtp.example3.com", local.recipients[0]),
+                ("mx2.corp.example.com", transferred),
+                ("[10.0.0.5]", local.recipients[5]),
+            ],
+        )
+        self.assertEqual(referrals(INNER_10), [])
+
+
+# Property tests.  Addresses come from a small pool so that hops share
+# recipients often.
+_ADDRESSES = [f"{name}@example1.com" for name in "abcdefg"]
+_ACTIONS = ["delivered", "relayed", "failed", "delayed", "queued"]
+
+
+@st.composite
+def _keyed_part(draw: st.DrawFn, reporter: str) -> TrackingStatus:
+    """A part whose blocks all carry an Original-Recipient, one block per recipient."""
+    originals = draw(st.lists(st.sampled_from(_ADDRESSES), unique=True, max_size=5))
+    blocks = tuple(
+        block(
+            draw(st.sampled_from(_ADDRESSES)),
+            draw(st.sampled_from(_ACTIONS)),
+            draw(st.sampled_from(["2.0.0", "4.0.0", "5.0.0"])),
+            original=original,
+        )
+        for original in originals
+    )
+    return part(reporter, *blocks)
+
+
+@st.composite
+def _any_part(draw: st.DrawFn, reporter: str) -> TrackingStatus:
+    """A part of any shape: no Original-Recipient, opaque, one recipient twice."""
+    blocks = draw(
+        st.lists(
+            st.builds(
+                block,
+                st.sampled_from(_ADDRESSES),
+                st.sampled_from([*_ACTIONS, "opaque"]),
+                st.just("2.0.0"),
+                st.one_of(st.none(), st.sampled_from(_ADDRESSES)),
+            ),
+            max_size=6,
+        )
+    )
+    return part(reporter, *blocks)
+
+
+_REPORTERS = st.sampled_from(["hop1.example", "hop2.example", "Hop1.Example."])
+
+
+class MergePropertyTests(SynchronousTestCase):
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.one_of(st.none(), _keyed_part("example2.com")),
+        st.lists(_REPORTERS.flatmap(_keyed_part), max_size=4),
+    )
+    def test_combined_every_recipient_once_from_deepest_hop(
+        self, local: TrackingStatus | None, inner: list[TrackingStatus]
+    ) -> None:
+        hops = ([] if local is None else [local]) + inner
+        expected_order = list(dict.fromkeys(k for h in hops for k in keys(h)))
+        deepest = {b.join_key: b for h in hops for b in h.recipients}
+        result = merge_combined(local, inner)
+        if not hops:
+            self.assertEqual(result, ())
+            return
+        (combined,) = result
+        self.assertEqual(keys(combined), expected_order)
+        self.assertEqual(list(combined.recipients), [deepest[k] for k in expected_order])
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.one_of(st.none(), _any_part("example2.com")),
+        st.lists(_REPORTERS.flatmap(_any_part), max_size=4),
+    )
+    def test_combined_never_loses_a_recipient(
+        self, local: TrackingStatus | None, inner: list[TrackingStatus]
+    ) -> None:
+        result = merge_combined(local, inner)
+        if local is None and not inner:
+            self.assertEqual(result, ())
+            return
+        (combined,) = result
+        out_keys = set(keys(combined))
+        handed_on: set[str | None] = set()
+        for hop in ([] if local is None else [local]) + inner:
+            for b in hop.recipients:
+                # Absent only when joined to an earlier recipient by the
+                # address an earlier hop handed on.
+                self.assertTrue(b.join_key in out_keys or b.join_key in handed_on, b)
+            handed_on.update(address_of(b.final_recipient) for b in hop.recipients)
+        if local is not None:
+            for k in keys(local):
+                self.assertIn(k, out_keys)
+        if combined is not local:
+            # One recipient, one set of blocks: a key never appears in two
+            # places (the gateway's own part, returned as it is, may).
+            ks = keys(combined)
+            runs = [k for i, k in enumerate(ks) if i == 0 or ks[i - 1] != k]
+            self.assertEqual(len(runs), len(set(runs)))
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.one_of(st.none(), _any_part("example2.com")),
+        st.lists(_REPORTERS.flatmap(_any_part), max_size=4),
+    )
+    def test_hops_never_loses_a_recipient(
+        self, local: TrackingStatus | None, inner: list[TrackingStatus]
+    ) -> None:
+        result = merge_hops(local, inner)
+        if local is not None:
+            self.assertIs(result[0], local)
+        reporters = [p.reporting_mta.lower().rstrip(".") for p in result]
+        self.assertEqual(
+            len(reporters[1 if local else 0 :]), len(set(reporters[1 if local else 0 :]))
+        )
+        out = {(p.reporting_mta.lower().rstrip("."), k) for p in result for k in keys(p)}
+        for p in ([] if local is None else [local]) + inner:
+            for k in keys(p):
+                self.assertIn((p.reporting_mta.lower().rstrip("."), k), out)
