@@ -207,6 +207,7 @@ class Harness:
         report: str = "hops",
         rules: tuple[RewriteRule, ...] = (),
         deadline: float = DEADLINE,
+        tls: Any = None,
     ) -> tuple[int, RecordingPool, TrackedServerFactory]:
         store = await self.store_with(*local_parts)
         pool = RecordingPool(reactor)
@@ -216,13 +217,21 @@ class Harness:
             LocalTracker(store, GATEWAY), chain, Rewriter(rules), GATEWAY, reactor, pool=pool
         )
         tracker.service.startService()
-        factory = TrackedServerFactory(tracker, ServerLimits(hostname=GATEWAY))
+        factory = TrackedServerFactory(tracker, ServerLimits(hostname=GATEWAY), tls)
         return self.listen(factory), pool, factory
 
-    async def ask(self, port: int, envid: str, secret: str = SECRET_B64) -> Answer:
-        """One outside client: connect, TRACK, QUIT, and wait until the connection is closed."""
+    async def ask(
+        self, port: int, envid: str, secret: str = SECRET_B64, tls_context: Any = None
+    ) -> Answer:
+        """One outside client: connect, TRACK, QUIT, and wait until the connection is closed.
+
+        With ``tls_context`` the client insists on STARTTLS towards the gateway.
+        """
         endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-        proto = await client.connect(reactor, endpoint)
+        if tls_context is None:
+            proto = await client.connect(reactor, endpoint)
+        else:
+            proto = await client.connect(reactor, endpoint, "required", GATEWAY, tls_context)
         self.clients.append(proto)
         try:
             return await proto.track(envid, secret)
@@ -346,3 +355,62 @@ class MisbehavingInnerHostTests(TestCase):
         self.assertNoResult(slow)
         answer = await slow
         self.assertEqual(len(answer.parts), 3)
+
+
+class InnerTLSTests(TestCase):
+    """STARTTLS towards inner hosts: required with a CA file, and the upgrade for secure clients."""
+
+    timeout = 20
+
+    async def setUp(self) -> None:
+        from mtqpgw.tls import ServerTLS
+        from tests import certs
+
+        self.certs = certs
+        self.server_tls = ServerTLS.from_files
+        self.net = Harness(self)
+        self.name = "tls.corp.example.com"
+        self.local = chain_part(GATEWAY, block("a@example1.com", Action.RELAYED, self.name))
+        self.inner_part = chain_part(self.name, block("a@example1.com", Action.DELIVERED))
+
+    async def tls_inner(self, authority: Any = None) -> InnerHost:
+        issuer = authority or self.certs.default_ca()
+        tls = self.server_tls([issuer.issue([self.name]).pair])
+        host, _ = await self.net.inner_server(self.name, self.inner_part, tls=tls)
+        return host
+
+    async def test_required_with_cafile(self) -> None:
+        host = await self.tls_inner()
+        inner = InnerHost(
+            host.name, host.host, host.port, "required", self.certs.default_ca().cert_path
+        )
+        port, pool, _ = await self.net.gateway((inner,), self.local)
+        answer = await self.net.ask(port, CHAIN_ENVID)
+        self.assertEqual(answer, Answer.found([self.local, self.inner_part]))
+        (session,) = pool.sessions
+        self.assertTrue(session.info.tls)
+
+    async def test_untrusted_certificate_costs_only_that_host(self) -> None:
+        host = await self.tls_inner(self.certs.new_authority("Rogue CA"))
+        inner = InnerHost(
+            host.name, host.host, host.port, "required", self.certs.default_ca().cert_path
+        )
+        port, _, _ = await self.net.gateway((inner,), self.local)
+        started = time.monotonic()
+        answer = await self.net.ask(port, CHAIN_ENVID)
+        self.assertLess(time.monotonic() - started, DEADLINE + SLACK)
+        self.assertEqual(answer, Answer.found([self.local]))
+
+    async def test_secure_client_upgrades_off_to_opportunistic(self) -> None:
+        from mtqpgw.tls import client_tls_context
+
+        host = await self.tls_inner()  # configured "off", but it offers STARTTLS
+        gateway_tls = self.server_tls([self.certs.default_ca().issue([GATEWAY]).pair])
+        port, pool, _ = await self.net.gateway((host,), self.local, tls=gateway_tls)
+        context = client_tls_context(GATEWAY, self.certs.default_ca().cert_path)
+        secure = await self.net.ask(port, CHAIN_ENVID, tls_context=context)
+        plain = await self.net.ask(port, CHAIN_ENVID)
+        self.assertEqual(secure, plain)
+        self.assertEqual(secure, Answer.found([self.local, self.inner_part]))
+        # Two sessions: TLS for the client that used TLS, plain for the other.
+        self.assertEqual(sorted(s.info.tls for s in pool.sessions), [False, True])
