@@ -38,6 +38,7 @@ Grammar, and where this code departs from the letter of it::
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -70,6 +71,11 @@ _PCHAR_SAFE = frozenset(
 _TRACK = "/track/"
 
 
+def _quote(text: str) -> str:
+    """Text for an error message: double-quoted, escaped to one ASCII line, kept short."""
+    return json.dumps(text if len(text) <= 60 else text[:57] + "...")
+
+
 def check_host(host: str) -> str:
     """The normalised form of a host name or IP literal (no brackets); URIError if invalid.
 
@@ -83,11 +89,11 @@ def check_host(host: str) -> str:
         raise URIError("the host is empty")
     if ":" in host:
         if "%" in host:
-            raise URIError(f"IPv6 zone identifiers are not supported: {host!r}")
+            raise URIError(f"IPv6 zone identifiers are not supported: {_quote(host)}")
         try:
             return str(ipaddress.IPv6Address(host))
         except ValueError:
-            raise URIError(f"{host!r} is not a valid IPv6 address") from None
+            raise URIError(f"{_quote(host)} is not a valid IPv6 address") from None
     name = host[:-1] if host.endswith(".") else host
     labels = name.split(".")
     if _DIGITS.fullmatch(labels[-1]):
@@ -96,11 +102,11 @@ def check_host(host: str) -> str:
         try:
             return str(ipaddress.IPv4Address(name))
         except ValueError:
-            raise URIError(f"{host!r} is not a valid IPv4 address") from None
+            raise URIError(f"{_quote(host)} is not a valid IPv4 address") from None
     if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
         raise URIError(
-            f"{host!r} is not a valid host name (dot-separated labels of ASCII "
-            "letters, digits, '-' and '_', at most 63 characters each)"
+            f"{_quote(host)} is not a valid host name (dot-separated labels of ASCII "
+            'letters, digits, "-" and "_", at most 63 characters each)'
         )
     return name.lower()
 
@@ -124,19 +130,21 @@ def _check_envid(envid: object) -> str:
     if not isinstance(envid, str):
         raise URIError(f"the envelope id must be text, got {type(envid).__name__}")
     if _bracketed(envid):
-        envid = envid[1:-1]
         # Stripping one pair must leave the normal form, or a stored envid
         # would lose another pair on its next trip through text.
-        if _bracketed(envid):
+        if _bracketed(envid[1:-1]):
             raise URIError(
-                f"the envelope id is in more than one pair of angle brackets: {envid!r}"
+                f"the envelope id is in more than one pair of angle brackets: {_quote(envid)}"
             )
+        envid = envid[1:-1]
     if not envid:
         raise URIError("the envelope id is empty")
     # The envid is the second word of a TRACK line, and an ENVID is xtext of
     # printable ASCII (RFC 3461): no spaces, controls or other characters.
     if not all("!" <= c <= "~" for c in envid):
-        raise URIError(f"the envelope id must be printable US-ASCII without spaces, got {envid!r}")
+        raise URIError(
+            f"the envelope id must be printable US-ASCII without spaces, got {_quote(envid)}"
+        )
     return envid
 
 
@@ -191,7 +199,7 @@ def _split_authority(authority: str) -> tuple[str, int | None]:
         if ":" not in literal:
             raise URIError(f"only IPv6 addresses go in brackets, got [{literal}]")
         if rest and not rest.startswith(":"):
-            raise URIError(f"unexpected {rest!r} after the IPv6 literal")
+            raise URIError(f"unexpected {_quote(rest)} after the IPv6 literal")
         host, port_text = literal, rest[1:] if rest else None
     else:
         host, colon, port_text = authority.partition(":")
@@ -208,7 +216,7 @@ def _split_authority(authority: str) -> tuple[str, int | None]:
         raise URIError("the port after ':' is empty")
     # _PORT, not str.isdigit or int(): those accept non-ASCII digits and "_".
     if not _PORT.fullmatch(port_text):
-        raise URIError(f"the port must be a number between 1 and 65535, got {port_text!r}")
+        raise URIError(f"the port must be a number between 1 and 65535, got {_quote(port_text)}")
     return host, _check_port(int(port_text))
 
 
