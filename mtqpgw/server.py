@@ -247,10 +247,12 @@ class MTQPServer(LineReceiver, TimeoutMixin):
             item: wire.Command | wire.CommandError = wire.parse_command(line)
         except wire.CommandError as e:
             item = e
-        if isinstance(item, wire.StartTLS):
+        if isinstance(item, wire.StartTLS) and not self._tls_active:
             # STARTTLS ends a pipelined group (RFC 3887 section 8): read
             # nothing more until it is answered, so that, if it is accepted,
             # what followed in the clear is discarded, never executed.
+            # Inside TLS it is always refused (and, in the insecure state,
+            # answered without reaching _starttls, which would unpause).
             self._pause("starttls")
         self._enqueue(item)
 
