@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from service_identity.exceptions import CertificateError as PatternError
@@ -175,7 +176,7 @@ def load_certificate(cert_path: str, key_path: str) -> ServedCertificate:
         raise TLSConfigError(
             f"{key_path}: the private key is encrypted; give an unencrypted key"
         ) from None
-    except (ValueError, serialization.UnsupportedAlgorithm):
+    except (ValueError, UnsupportedAlgorithm):
         raise TLSConfigError(f"{key_path}: not a PEM private key") from None
     if _spki(key.public_key()) != _spki(leaf.public_key()):
         raise TLSConfigError(f"{key_path}: the private key does not belong to {cert_path}")
@@ -458,12 +459,14 @@ def _cached_client_context(
 
 def client_context_for_inner(
     inner: Any, secure: bool = False
-) -> tuple[str, interfaces.IOpenSSLClientConnectionCreator | None]:
-    """``(mode, context)`` for an inner-host config (``.name``, ``.tls``, ``.cafile``).
+) -> interfaces.IOpenSSLClientConnectionCreator | None:
+    """The context towards an inner-host config (``.name``, ``.tls``, ``.cafile``), or None.
 
-    Pass both to L{mtqpgw.client.connect}/``track`` as ``tls``/``tls_context``
-    with ``tls_name=inner.name``.  ``secure`` is the outside client's session.
+    The mode is L{inner_tls_mode}(``inner.tls``, ``secure``), ``secure``
+    being whether the outside client's session is TLS.  Use it with
+    L{mtqpgw.client.connect} as ``tls_context``, with ``tls_name=inner.name``.
+    Raises L{TLSConfigError} for an unusable ``cafile``.
     """
-    mode = inner_tls_mode(getattr(inner, "tls", "opportunistic"), secure)
+    mode = inner_tls_mode(getattr(inner, "tls", None) or "off", secure)
     cafile = getattr(inner, "cafile", None)
-    return mode, client_context(inner.name, str(cafile) if cafile else None, mode)
+    return client_context(str(inner.name), str(cafile) if cafile else None, mode)

@@ -1,0 +1,667 @@
+# -*- test-case-name: tests.test_tls -*-
+"""Tests for mtqpgw.tls: certificate loading and selection, policy, and real TLS over loopback.
+
+The loopback tests run the real server (mtqpgw.server) with real TLS on
+127.0.0.1, with certificates made in-process by tests/certs.py: a test CA,
+``mtqp.example.com``, ``mtqp.example.org``, and ``*.example.net`` served
+through an intermediate CA.  Clients are a bare line client driven from the
+test, mtqpgw.client, and the standard library's ``ssl`` (in a thread, with
+blocking sockets and timeouts: nothing sleeps).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from types import SimpleNamespace
+from typing import Any
+
+from twisted.internet import defer, endpoints, interfaces, reactor
+from twisted.logger import globalLogPublisher
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+
+from mtqpgw import client, wire
+from mtqpgw.interfaces import IServerTLS
+from mtqpgw.server import MTQPServer, MTQPServerFactory, ServerLimits
+from mtqpgw.status import Action, Answer, RecipientStatus, TrackingStatus
+from mtqpgw.tls import (
+    ServerTLS,
+    TLSConfigError,
+    client_context,
+    client_context_for_inner,
+    client_tls_context,
+    inner_tls_mode,
+    load_ca_bundle,
+    load_certificate,
+    peer_certificate_sha256,
+)
+from tests import certs
+
+HOST = "mtqp.example.com"
+ORG = "mtqp.example.org"
+ENVID = "12345-20010101@example.com"
+SECRET = "YWJjZGVmZ2gK"
+TRACK = wire.track_line(ENVID, SECRET)
+
+
+def found(reporting: str = HOST) -> Answer:
+    return Answer.found(
+        [
+            TrackingStatus(
+                original_envelope_id=ENVID,
+                reporting_mta=f"dns; {reporting}",
+                arrival_date="Mon, 30 Nov 2026 15:15:15 -0500",
+                recipients=(
+                    RecipientStatus(
+                        original_recipient="rfc822; user1@example1.com",
+                        final_recipient="rfc822; user1@example1.com",
+                        action=Action.DELIVERED,
+                        status="2.5.0",
+                    ),
+                ),
+            )
+        ]
+    )
+
+
+def leaf_com() -> certs.CertFiles:
+    return certs.issue([HOST], common_name="not-used.example.com")
+
+
+def leaf_org() -> certs.CertFiles:
+    return certs.issue([ORG, "tracking.example.org"])
+
+
+def leaf_wild() -> certs.CertFiles:
+    return certs.issue(["*.example.net"], via_intermediate=True)
+
+
+def ca_path() -> str:
+    return certs.default_ca().cert_path
+
+
+def standard_tls(**kwargs: Any) -> ServerTLS:
+    return ServerTLS.from_files([leaf_com().pair, leaf_org().pair, leaf_wild().pair], **kwargs)
+
+
+# -- sans-I/O: loading, selection, policy ----------------------------------------
+
+
+class LoadingTests(SynchronousTestCase):
+    def test_names_come_from_subject_alt_name_only(self) -> None:
+        tls = standard_tls()
+        self.assertTrue(IServerTLS.providedBy(tls))
+        self.assertEqual(
+            tls.names, (HOST, ORG, "tracking.example.org", "*.example.net"), "CN is not a name"
+        )
+        self.assertIsNone(tls.context_for("not-used.example.com"))
+
+    def test_chain_file_keeps_intermediates(self) -> None:
+        served = load_certificate(*leaf_wild().pair)
+        self.assertEqual(served.names, ("*.example.net",))
+        self.assertEqual(len(served.options.extraCertChain), 1)
+
+    def test_contexts_are_built_once(self) -> None:
+        tls = standard_tls()
+        context = tls.context_for(HOST)
+        self.assertIs(context, tls.context_for("MTQP.example.COM."))
+        self.assertIs(context.getContext(), context.getContext())
+
+    def test_options(self) -> None:
+        self.assertEqual(standard_tls().options(), ["STARTTLS"])
+        self.assertEqual(standard_tls(required=True).options(), ["STARTTLS required"])
+        self.assertEqual(standard_tls(required=["example.com"]).options(), ["STARTTLS required"])
+        nothing = ServerTLS()
+        self.assertFalse(nothing.offered)
+        self.assertEqual(nothing.options(), [])
+        self.assertIsNone(nothing.context_for(HOST))
+
+    def test_from_config(self) -> None:
+        entry = SimpleNamespace(cert=leaf_com().cert, key=leaf_com().key)
+        config = SimpleNamespace(certificates=(leaf_org().pair, entry), required=("Example.COM.",))
+        tls = ServerTLS.from_config(config)
+        self.assertEqual(tls.names[0], ORG)
+        self.assertEqual(tls.required, ("example.com",))
+        self.assertFalse(ServerTLS.from_config(SimpleNamespace(certificates=())).offered)
+
+    def _refused(self, cert: str, key: str) -> str:
+        e = self.assertRaises(TLSConfigError, load_certificate, cert, key)
+        self.assertIsInstance(e, ValueError)
+        self.assertNotIn("\n", str(e))
+        return str(e)
+
+    def test_bad_files_refused_with_one_line_naming_the_file(self) -> None:
+        good = leaf_com()
+        other = leaf_org()
+        missing = os.path.join(self.mktemp(), "nowhere.pem")
+        self.assertIn(missing, self._refused(missing, good.key))
+        self.assertIn(missing, self._refused(good.cert, missing))
+        garbage = self.mktemp()
+        with open(garbage, "wb") as f:
+            f.write(b"this is not a certificate\n")
+        self.assertIn(garbage, self._refused(garbage, good.key))
+        self.assertIn(garbage, self._refused(good.cert, garbage))
+        message = self._refused(good.cert, other.key)
+        self.assertIn(other.key, message)
+        self.assertIn("does not belong", message)
+
+    def test_encrypted_key_refused(self) -> None:
+        from cryptography.hazmat.primitives import serialization
+
+        with open(leaf_com().key, "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), None)
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.BestAvailableEncryption(b"hunter2"),
+                )
+            )
+        self.assertIn("encrypted", self._refused(leaf_com().cert, path))
+
+    def test_certificate_without_dns_names_refused(self) -> None:
+        bare = certs.issue([], ip_addresses=["127.0.0.1"], common_name=HOST)
+        self.assertIn("dNSName", self._refused(*bare.pair))
+
+    def test_from_files_stops_at_first_bad_pair(self) -> None:
+        self.assertRaises(
+            TLSConfigError, ServerTLS.from_files, [leaf_com().pair, ("/nonexistent", "/x")]
+        )
+
+    def test_expired_certificate_loads_with_a_warning(self) -> None:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        tls = ServerTLS.from_files([certs.expired(["old.example.com"]).pair])
+        self.assertTrue(tls.offered)
+        self.assertTrue(any("expired" in e.get("log_format", "") for e in events))
+
+
+class SelectionTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.tls = standard_tls()
+
+    def which(self, domain: str) -> str | None:
+        served = self.tls.certificate_for(domain)
+        return None if served is None else served.names[0]
+
+    def test_exact_names_case_and_trailing_dot(self) -> None:
+        self.assertEqual(self.which(HOST), HOST)
+        self.assertEqual(self.which("MTQP.EXAMPLE.COM."), HOST)
+        self.assertEqual(self.which("tracking.example.org"), ORG, "second name of a certificate")
+
+    def test_wildcard_matches_one_leftmost_label(self) -> None:
+        self.assertEqual(self.which("a.example.net"), "*.example.net")
+        self.assertEqual(self.which("A.Example.Net."), "*.example.net")
+        self.assertIsNone(self.which("example.net"))
+        self.assertIsNone(self.which("a.b.example.net"))
+        self.assertIsNone(self.which("xn--bcher-kva.example.net"), "service-identity: no IDNA")
+
+    def test_no_match(self) -> None:
+        for domain in ("other.example.com", "example.com", "", ".", "127.0.0.1", "a..b"):
+            self.assertIsNone(self.which(domain), domain)
+
+    def test_exact_name_wins_over_an_earlier_wildcard(self) -> None:
+        special = certs.issue(["special.example.net"])
+        tls = ServerTLS.from_files([leaf_wild().pair, special.pair])
+        self.assertEqual(tls.certificate_for("special.example.net").names, special.names)
+        self.assertEqual(tls.certificate_for("other.example.net").names, ("*.example.net",))
+
+    def test_first_certificate_wins_a_duplicate_name(self) -> None:
+        first, second = leaf_com(), certs.issue([HOST, "second.example.com"])
+        tls = ServerTLS.from_files([first.pair, second.pair])
+        self.assertEqual(tls.certificate_for(HOST).sha256, first.sha256)
+        self.assertEqual(tls.certificate_for("second.example.com").sha256, second.sha256)
+
+
+class RequiredTests(SynchronousTestCase):
+    def test_false_and_true(self) -> None:
+        self.assertFalse(ServerTLS(required=False).required_for(ENVID))
+        self.assertTrue(ServerTLS(required=True).required_for(ENVID))
+        self.assertTrue(ServerTLS(required=True).required_for("no-domain-at-all"))
+
+    def test_domain_list(self) -> None:
+        tls = ServerTLS(required=["Example.com", "secret.example.org."])
+        self.assertTrue(tls.required_for("1@example.com"))
+        self.assertTrue(tls.required_for("1@MAIL.Example.COM"))
+        self.assertTrue(tls.required_for("a@b@x.secret.example.org."))
+        self.assertFalse(tls.required_for("1@example.org"))
+        self.assertFalse(tls.required_for("1@badexample.com"), "a suffix is not a subdomain")
+        self.assertFalse(tls.required_for("no-domain"))
+        self.assertFalse(ServerTLS(required=()).required_for("1@example.com"))
+
+
+class _Handle:
+    def __init__(self, version: str | None, bits: int | None) -> None:
+        self.version, self.bits = version, bits
+
+    def get_protocol_version_name(self) -> str | None:
+        return self.version
+
+    def get_cipher_bits(self) -> int | None:
+        return self.bits
+
+
+class SessionPolicyTests(SynchronousTestCase):
+    def acceptable(self, version: str | None, bits: int | None, **kw: Any) -> bool:
+        transport = SimpleNamespace(getHandle=lambda: _Handle(version, bits))
+        return ServerTLS(**kw).session_acceptable(transport)
+
+    def test_versions_and_bits(self) -> None:
+        self.assertTrue(self.acceptable("TLSv1.3", 256))
+        self.assertTrue(self.acceptable("TLSv1.2", 128))
+        self.assertFalse(self.acceptable("TLSv1.1", 256))
+        self.assertFalse(self.acceptable("TLSv1", 256))
+        self.assertFalse(self.acceptable("TLSv1.2", 56))
+        self.assertFalse(self.acceptable("TLSv1.2", None))
+        self.assertFalse(self.acceptable("TLSv1.3", 256, min_cipher_bits=512))
+
+    def test_not_a_tls_transport(self) -> None:
+        def broken() -> Any:
+            raise AttributeError("no TLS here")
+
+        self.assertFalse(ServerTLS().session_acceptable(SimpleNamespace(getHandle=broken)))
+
+
+class ClientContextTests(SynchronousTestCase):
+    def test_modes(self) -> None:
+        self.assertIsNone(client_context(HOST, None, "off"))
+        self.assertIsNone(client_context(HOST, ca_path(), client.TLSMode.OFF))
+        verifying = client_context(HOST, ca_path(), "required")
+        self.assertTrue(interfaces.IOpenSSLClientConnectionCreator.providedBy(verifying))
+        self.assertIs(verifying, client_context(HOST, ca_path(), client.TLSMode.REQUIRED))
+        encrypt_only = client_context(HOST, None, "opportunistic")
+        self.assertTrue(interfaces.IOpenSSLClientConnectionCreator.providedBy(encrypt_only))
+        self.assertNotEqual(type(encrypt_only), type(verifying))
+        self.assertEqual(
+            type(client_context(HOST, ca_path(), "opportunistic")),
+            type(verifying),
+            "opportunistic with a cafile verifies",
+        )
+        self.assertRaises(ValueError, client_context, HOST, None, "sometimes")
+
+    def test_inner_mode(self) -> None:
+        self.assertEqual(inner_tls_mode("off", False), "off")
+        self.assertEqual(inner_tls_mode("off", True), "opportunistic")
+        self.assertEqual(inner_tls_mode("REQUIRED", True), "required")
+        self.assertEqual(inner_tls_mode(client.TLSMode.OPPORTUNISTIC, False), "opportunistic")
+
+    def test_context_for_inner(self) -> None:
+        inner = SimpleNamespace(name=HOST, tls="off", cafile=None)
+        self.assertIsNone(client_context_for_inner(inner))
+        self.assertIsNotNone(client_context_for_inner(inner, secure=True))
+        required = SimpleNamespace(name=HOST, tls="required", cafile=ca_path())
+        self.assertIsNotNone(client_context_for_inner(required))
+
+    def test_ca_bundle(self) -> None:
+        bundle = self.mktemp()
+        with open(bundle, "wb") as f:
+            for path in (ca_path(), certs.new_authority().cert_path):
+                with open(path, "rb") as one:
+                    f.write(one.read())
+        self.assertEqual(len(load_ca_bundle(bundle)), 2)
+        self.assertRaises(TLSConfigError, load_ca_bundle, leaf_com().key)
+        self.assertRaises(TLSConfigError, client_tls_context, HOST, "/nonexistent/ca.pem", True)
+
+
+# -- loopback helpers --------------------------------------------------------------
+
+
+class FakeTracker:
+    """An ITracker that answers at once and remembers what it was asked."""
+
+    def __init__(self, answer: Answer | None = None) -> None:
+        self.answer = answer if answer is not None else found()
+        self.calls: list[tuple[str, str, bool]] = []
+
+    def track(self, envid: str, secret: str, secure: bool = False) -> defer.Deferred[Answer]:
+        self.calls.append((envid, secret, secure))
+        return defer.succeed(self.answer)
+
+
+class _WatchedServer(MTQPServer):
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        super().connectionLost(reason)
+        self.factory.lost.append(reason)
+        self.gone.callback(None)
+
+
+class _WatchedFactory(MTQPServerFactory):
+    """The real server factory, plus a Deferred per connection that fires when it ends."""
+
+    protocol = _WatchedServer
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gone: list[defer.Deferred[None]] = []
+        self.lost: list[Failure | None] = []
+
+    def buildProtocol(self, addr: Any) -> Any:
+        proto = super().buildProtocol(addr)
+        proto.gone = defer.Deferred()
+        self.gone.append(proto.gone)
+        return proto
+
+
+class ConnectionClosed(Exception):
+    pass
+
+
+@implementer(interfaces.IHandshakeListener)
+class LineClient(LineReceiver):
+    """A bare MTQP client the test drives line by line."""
+
+    delimiter = b"\r\n"
+    MAX_LENGTH = 100_000
+
+    def __init__(self) -> None:
+        self.parser = wire.ResponseParser()
+        self.responses: deque[wire.Response] = deque()
+        self.waiting: deque[defer.Deferred[wire.Response]] = deque()
+        self.handshake: defer.Deferred[None] = defer.Deferred()
+        self.lost: defer.Deferred[None] = defer.Deferred()
+        self.lost_reason: Failure | None = None
+        self.connected_now = False
+
+    def connectionMade(self) -> None:
+        self.connected_now = True
+
+    def lineReceived(self, line: bytes) -> None:
+        response = self.parser.feed(line)
+        if response is None:
+            return
+        if self.waiting:
+            self.waiting.popleft().callback(response)
+        else:
+            self.responses.append(response)
+
+    def next_response(self) -> defer.Deferred[wire.Response]:
+        if self.responses:
+            return defer.succeed(self.responses.popleft())
+        if not self.connected_now:
+            return defer.fail(ConnectionClosed())
+        d: defer.Deferred[wire.Response] = defer.Deferred()
+        self.waiting.append(d)
+        return d
+
+    def ask(self, data: bytes) -> defer.Deferred[wire.Response]:
+        self.transport.write(data)
+        return self.next_response()
+
+    def start_tls(self, context: Any) -> defer.Deferred[None]:
+        self.clearLineBuffer()
+        self.parser = wire.ResponseParser()
+        self.transport.startTLS(context)
+        return self.handshake
+
+    def handshakeCompleted(self) -> None:
+        self.handshake.callback(None)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.connected_now = False
+        waiting, self.waiting = self.waiting, deque()
+        for d in waiting:
+            d.errback(ConnectionClosed())
+        if not self.handshake.called:
+            self.handshake.errback(reason or Failure(ConnectionClosed()))
+            self.handshake.addErrback(lambda _: None)
+        self.lost_reason = reason
+        self.lost.callback(None)
+
+
+def is_response(response: wire.Response, indicator: wire.Indicator, *reasons: str) -> bool:
+    return response.indicator is indicator and all(response.has_reason(r) for r in reasons)
+
+
+class LoopbackCase(TestCase):
+    """Real servers on 127.0.0.1; every connection is closed and waited for at the end."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.ports: list[Any] = []
+        self.factories: list[_WatchedFactory] = []
+        self.line_clients: list[LineClient] = []
+        self.mtqp_clients: list[client.MTQPClientProtocol] = []
+        self.addCleanup(self._tidy)
+
+    @defer.inlineCallbacks
+    def _tidy(self) -> Any:
+        waits = []
+        for proto in self.line_clients:
+            if proto.connected_now:
+                proto.transport.abortConnection()
+            waits.append(proto.lost)
+        for mtqp in self.mtqp_clients:
+            if mtqp.transport is not None and not mtqp.closed.called:
+                mtqp.transport.abortConnection()
+            waits.append(mtqp.closed)
+        for factory in self.factories:
+            waits.extend(factory.gone)
+        yield defer.gatherResults(waits)
+        yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
+
+    def serve(
+        self,
+        tls: ServerTLS | None,
+        tracker: FakeTracker | None = None,
+        hostname: str = HOST,
+    ) -> tuple[int, _WatchedFactory]:
+        factory = _WatchedFactory(
+            tracker or FakeTracker(), ServerLimits(hostname=hostname), tls=tls
+        )
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.ports.append(port)
+        self.factories.append(factory)
+        return port.getHost().port, factory
+
+    def endpoint(self, port: int) -> endpoints.TCP4ClientEndpoint:
+        return endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10)
+
+    @defer.inlineCallbacks
+    def open(self, port: int) -> Any:
+        """Connect a L{LineClient}; returns ``(client, greeting)``."""
+        proto = LineClient()
+        self.line_clients.append(proto)
+        yield endpoints.connectProtocol(self.endpoint(port), proto)
+        greeting = yield proto.next_response()
+        return proto, greeting
+
+    @defer.inlineCallbacks
+    def open_tls(self, port: int, name: str = HOST, cafile: str | None = None) -> Any:
+        """Connect, STARTTLS ``name`` with a verifying client; returns ``(client, new greeting)``."""
+        proto, _ = yield self.open(port)
+        ok = yield proto.ask(wire.starttls_line(name))
+        self.assertTrue(is_response(ok, wire.Indicator.OK), ok)
+        yield proto.start_tls(client_tls_context(name, cafile or ca_path(), verify=True))
+        greeting = yield proto.next_response()
+        return proto, greeting
+
+    @defer.inlineCallbacks
+    def mtqp_connect(self, port: int, mode: str, name: str = HOST, context: Any = None) -> Any:
+        """mtqpgw.client.connect; returns the ready L{client.MTQPClientProtocol}."""
+        if context is None and mode != "off":
+            context = client_context(name, ca_path(), mode)
+        # A session that fails half-way is waited for through the server's side.
+        proto = yield client.connect(reactor, self.endpoint(port), mode, name, context)
+        self.mtqp_clients.append(proto)
+        return proto
+
+
+# -- the server over real TLS --------------------------------------------------------
+
+
+class ServerSTARTTLSTests(LoopbackCase):
+    @defer.inlineCallbacks
+    def test_greeting_offers_starttls(self) -> Any:
+        port, _ = self.serve(standard_tls())
+        _, greeting = yield self.open(port)
+        self.assertEqual(greeting.indicator, wire.Indicator.OK_MULTI)
+        self.assertEqual(greeting.lines, (b"STARTTLS",))
+        port, _ = self.serve(standard_tls(required=["example.com"]))
+        _, greeting = yield self.open(port)
+        self.assertEqual(greeting.lines, (b"STARTTLS required",))
+
+    @defer.inlineCallbacks
+    def test_no_certificates_means_unsupported(self) -> Any:
+        for tls in (None, ServerTLS()):
+            port, _ = self.serve(tls)
+            proto, greeting = yield self.open(port)
+            self.assertEqual(greeting.indicator, wire.Indicator.OK, "no options listed")
+            answer = yield proto.ask(wire.starttls_line(HOST))
+            self.assertTrue(is_response(answer, wire.Indicator.ERR, "unsupported"), answer)
+            answer = yield proto.ask(b"COMMENT still here\r\n")
+            self.assertTrue(answer.is_positive)
+
+    @defer.inlineCallbacks
+    def test_certificate_selected_by_fqdn(self) -> Any:
+        """One server, three domains: each STARTTLS gets the certificate naming it.
+
+        The client verifies chain and name against the test CA; the wildcard
+        certificate comes through an intermediate, so that also shows the
+        chain file is served whole.
+        """
+        port, _ = self.serve(standard_tls())
+        cases = [
+            (HOST, leaf_com()),
+            ("MTQP.Example.ORG.", leaf_org()),
+            ("tracking.example.org", leaf_org()),
+            ("a.example.net", leaf_wild()),
+        ]
+        for name, expected in cases:
+            verify_name = name.rstrip(".").lower()
+            proto, _ = yield self.open(port)
+            ok = yield proto.ask(wire.starttls_line(name))
+            self.assertTrue(is_response(ok, wire.Indicator.OK), ok)
+            yield proto.start_tls(client_tls_context(verify_name, ca_path(), verify=True))
+            greeting = yield proto.next_response()
+            self.assertTrue(greeting.is_positive)
+            self.assertEqual(peer_certificate_sha256(proto.transport), expected.sha256, name)
+
+    @defer.inlineCallbacks
+    def test_bad_fqdn(self) -> Any:
+        port, _ = self.serve(standard_tls())
+        proto, _ = yield self.open(port)
+        for name in ("other.example.com", "example.net", "a.b.example.net"):
+            answer = yield proto.ask(wire.starttls_line(name))
+            self.assertTrue(is_response(answer, wire.Indicator.BAD, "bad-fqdn"), (name, answer))
+        answer = yield proto.ask(TRACK)
+        self.assertEqual(answer.indicator, wire.Indicator.OK_MULTI, "the session goes on")
+
+    @defer.inlineCallbacks
+    def test_session_starts_over_after_tls(self) -> Any:
+        """New greeting without STARTTLS; STARTTLS again is -BAD/tls-in-progress; TRACK is secure."""
+        tracker = FakeTracker()
+        port, _ = self.serve(standard_tls(), tracker)
+        proto, greeting = yield self.open_tls(port)
+        self.assertTrue(greeting.has_reason("MTQP"))
+        self.assertEqual(greeting.indicator, wire.Indicator.OK, "no STARTTLS option after TLS")
+        answer = yield proto.ask(wire.starttls_line(HOST))
+        self.assertTrue(is_response(answer, wire.Indicator.BAD, "tls-in-progress"), answer)
+        answer = yield proto.ask(TRACK)
+        self.assertEqual(answer.indicator, wire.Indicator.OK_MULTI)
+        self.assertEqual(tracker.calls, [(ENVID, SECRET, True)])
+        bye = yield proto.ask(wire.QUIT_LINE)
+        self.assertEqual(bye.indicator, wire.Indicator.OK)
+
+    @defer.inlineCallbacks
+    def test_commands_pipelined_after_starttls_are_discarded(self) -> Any:
+        """STARTTLS and TRACK in one write: the TRACK sent in the clear is never run.
+
+        The command-injection class of CVE-2011-0411: an attacker appends a
+        command after the client's STARTTLS; executed after the handshake it
+        would pass as the protected client's.
+        """
+        tracker = FakeTracker()
+        port, _ = self.serve(standard_tls(), tracker)
+        proto, _ = yield self.open(port)
+        proto.transport.write(wire.starttls_line(HOST) + TRACK + b"COMMENT injected\r\n")
+        ok = yield proto.next_response()
+        self.assertTrue(is_response(ok, wire.Indicator.OK), ok)
+        yield proto.start_tls(client_tls_context(HOST, ca_path(), verify=True))
+        greeting = yield proto.next_response()
+        self.assertTrue(greeting.has_reason("MTQP"), "the next thing is the fresh greeting")
+        answer = yield proto.ask(b"COMMENT first inside TLS\r\n")
+        self.assertEqual(answer.indicator, wire.Indicator.OK)
+        self.assertEqual(tracker.calls, [], "the injected TRACK was not executed")
+        self.assertEqual(len(proto.responses), 0)
+
+    @defer.inlineCallbacks
+    def test_refused_starttls_lets_the_rest_of_the_group_run(self) -> Any:
+        """When STARTTLS is refused nothing changes, so what followed is an ordinary command."""
+        tracker = FakeTracker()
+        port, _ = self.serve(standard_tls(), tracker)
+        proto, _ = yield self.open(port)
+        proto.transport.write(wire.starttls_line("other.example.com") + TRACK)
+        refused = yield proto.next_response()
+        self.assertTrue(is_response(refused, wire.Indicator.BAD, "bad-fqdn"))
+        answer = yield proto.next_response()
+        self.assertEqual(answer.indicator, wire.Indicator.OK_MULTI)
+        self.assertEqual(tracker.calls, [(ENVID, SECRET, False)])
+
+    @defer.inlineCallbacks
+    def test_tls_required_for_every_message(self) -> Any:
+        tracker = FakeTracker()
+        port, _ = self.serve(standard_tls(required=True), tracker)
+        proto, _ = yield self.open(port)
+        answer = yield proto.ask(TRACK)
+        self.assertTrue(is_response(answer, wire.Indicator.ERR, "tls-required"), answer)
+        self.assertEqual(tracker.calls, [], "the tracker is not even asked")
+        proto, _ = yield self.open_tls(port)
+        answer = yield proto.ask(TRACK)
+        self.assertEqual(answer.indicator, wire.Indicator.OK_MULTI)
+
+    @defer.inlineCallbacks
+    def test_tls_required_for_listed_domains(self) -> Any:
+        tracker = FakeTracker()
+        port, _ = self.serve(standard_tls(required=["example.com"]), tracker)
+        proto, _ = yield self.open(port)
+        answer = yield proto.ask(wire.track_line("1@mail.example.com", SECRET))
+        self.assertTrue(is_response(answer, wire.Indicator.ERR, "tls-required"), answer)
+        answer = yield proto.ask(wire.track_line("1@example.org", SECRET))
+        self.assertEqual(answer.indicator, wire.Indicator.OK_MULTI)
+        self.assertEqual(tracker.calls, [("1@example.org", SECRET, False)])
+
+    @defer.inlineCallbacks
+    def test_session_below_policy_is_insecure(self) -> Any:
+        """A negotiated session below policy: -ERR/insecure for all but QUIT (RFC 3887 6.1)."""
+        tracker = FakeTracker()
+        strict = ServerTLS.from_files([leaf_com().pair])
+        strict.min_cipher_bits = 100_000
+        port, _ = self.serve(strict, tracker)
+        proto, greeting = yield self.open_tls(port)
+        self.assertTrue(greeting.is_positive)
+        for command in (TRACK, b"COMMENT hello\r\n", wire.starttls_line(HOST)):
+            answer = yield proto.ask(command)
+            self.assertTrue(is_response(answer, wire.Indicator.ERR, "insecure"), answer)
+        self.assertEqual(tracker.calls, [])
+        bye = yield proto.ask(wire.QUIT_LINE)
+        self.assertEqual(bye.indicator, wire.Indicator.OK)
+
+    @defer.inlineCallbacks
+    def test_failed_handshakes_close_only_that_connection(self) -> Any:
+        port, factory = self.serve(standard_tls())
+        # 1: plain text where the ClientHello should be.
+        proto, _ = yield self.open(port)
+        ok = yield proto.ask(wire.starttls_line(HOST))
+        self.assertTrue(ok.is_positive)
+        proto.transport.write(b"TRACK <x@example.com> YWJj\r\n" * 20)
+        yield proto.lost
+        # 2: a client that does not trust the certificate and aborts.
+        proto, _ = yield self.open(port)
+        yield proto.ask(wire.starttls_line(HOST))
+        rogue_ca = certs.new_authority("Rogue CA").cert_path
+        yield self.assertFailure(
+            proto.start_tls(client_tls_context(HOST, rogue_ca, verify=True)), Exception
+        )
+        yield proto.lost
+        # The server is unharmed: a good session works, and nothing leaked.
+        proto, _ = yield self.open_tls(port)
+        answer = yield proto.ask(TRACK)
+        self.assertEqual(answer.indicator, wire.Indicator.OK_MULTI)
+        self.assertEqual(factory.connections, 1)
