@@ -277,26 +277,32 @@ def parse_report(lines: Sequence[bytes]) -> tuple[TrackingStatus, ...]:
 # What wire.Response refuses in a status text (its own rule, restated here
 # so that an Answer carrying text from anywhere can still be sent).
 _TEXT_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
-_REASON = re.compile(r"[A-Za-z0-9_-]+")
-# Room left on a 998-octet status line for the text after "-TEMP/reasons ".
-_MAX_TEXT = 800
-
-
-def _status_text(text: str) -> str:
-    text = _TEXT_CONTROLS.sub(" ", text)
-    octets = text.encode("utf-8", "replace")
-    if len(octets) > _MAX_TEXT:
-        text = octets[:_MAX_TEXT].decode("utf-8", "ignore")
-    return text
+# RFC 3887 section 12: 1*NAMECHAR.  Bounded here (64 each, 10 in all) so
+# that reasons can never crowd the text off a 998-octet status line.
+_REASON = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_MAX_REASONS = 10
 
 
 def _reasons(reasons: Iterable[str], must: str | None = None) -> tuple[str, ...]:
-    # Only 1*NAMECHAR codes can be sent (RFC 3887 section 12); an Answer built
-    # from JSON or a store could hold anything, and the answer must still go.
-    kept = tuple(reason for reason in reasons if _REASON.fullmatch(reason))
+    # Only 1*NAMECHAR codes can be sent; an Answer built from JSON or a store
+    # could hold anything, and the answer must still go out.
+    if isinstance(reasons, str):
+        reasons = (reasons,)
+    kept = tuple(r for r in reasons if isinstance(r, str) and _REASON.fullmatch(r))
     if must is not None and must not in (reason.lower() for reason in kept):
         kept = (must, *kept)
-    return kept[:20]
+    return kept[:_MAX_REASONS]
+
+
+def _status_text(text: str, reasons: tuple[str, ...]) -> str:
+    text = _TEXT_CONTROLS.sub(" ", text)
+    # The status line is the indicator (5 octets at most), "/reason" each, a
+    # space and the text: the text gets what is left of 998 octets.
+    room = wire.MAX_LINE - 6 - sum(len(reason) + 1 for reason in reasons)
+    octets = text.encode("utf-8", "replace")
+    if len(octets) > room:
+        text = octets[:room].decode("utf-8", "ignore")
+    return text
 
 
 def response_for_answer(answer: Answer) -> wire.Response:
@@ -307,27 +313,26 @@ def response_for_answer(answer: Answer) -> wire.Response:
     each with the answer's reasons and text.  An OK answer without parts has
     nothing to report and is sent as ``-ERR/noinfo`` (RFC 3887 section 4's
     other way of saying so).  Reasons that are not 1*NAMECHAR are dropped,
-    and control characters in the text become spaces, so that any Answer
-    can be sent.
+    control characters in the text become spaces, and an over-long text is
+    cut, so that any Answer can be sent.  Raises ValueError only when a part
+    cannot be serialised (see ``serialise_tracking_status``).
     """
     outcome = answer.outcome
     if outcome is Outcome.OK and answer.parts:
         return wire.Response(
             wire.Indicator.OK_MULTI, text=TRACK_TEXT, lines=tuple(build_report(answer.parts))
         )
-    text = _status_text(answer.text)
     if outcome is Outcome.OK or outcome is Outcome.NOINFO:
-        return wire.Response(
-            wire.Indicator.ERR,
-            _reasons(answer.reasons if outcome is Outcome.NOINFO else (), "noinfo"),
-            text or Answer.noinfo().text,
-        )
+        reasons = _reasons(answer.reasons if outcome is Outcome.NOINFO else (), "noinfo")
+        text = _status_text(answer.text, reasons) or Answer.noinfo().text
+        return wire.Response(wire.Indicator.ERR, reasons, text)
     indicator = {
         Outcome.TEMP: wire.Indicator.TEMP,
         Outcome.ERROR: wire.Indicator.ERR,
         Outcome.BAD: wire.Indicator.BAD,
     }[outcome]
-    return wire.Response(indicator, _reasons(answer.reasons), text)
+    reasons = _reasons(answer.reasons)
+    return wire.Response(indicator, reasons, _status_text(answer.text, reasons))
 
 
 def answer_from_response(response: wire.Response) -> Answer:

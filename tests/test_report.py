@@ -36,7 +36,7 @@ from tests.seed import (
     STATUS_COLON,
     TYPE_PARAMETER,
 )
-from tests.test_status import normalised, tracking_statuses
+from tests.test_status import normalised, small_tracking_statuses, tracking_statuses
 
 FAST = settings(max_examples=200, deadline=None)
 
@@ -207,7 +207,10 @@ class BuildReportTests(SynchronousTestCase):
         self.assertEqual(message.defects, [])
 
     @FAST
-    @given(st.lists(tracking_statuses, min_size=1, max_size=3))
+    @given(
+        st.lists(small_tracking_statuses, min_size=1, max_size=2)
+        | tracking_statuses.map(lambda t: [t])
+    )
     def test_round_trip(self, parts: list[TrackingStatus]) -> None:
         lines = build_report(parts)
         for line in lines:
@@ -364,6 +367,10 @@ class ResponseMappingTests(SynchronousTestCase):
             self.assertEqual(response_for_answer(answer).to_bytes(), data, answer)
 
     def test_negative_round_trip(self) -> None:
+        self.assertIs(
+            answer_from_response(response_for_answer(Answer.error(("noinfo",)))).outcome,
+            Outcome.NOINFO,
+        )
         for answer in (
             Answer.noinfo(),
             Answer.temp(("admin",), "Down for admin"),
@@ -379,6 +386,28 @@ class ResponseMappingTests(SynchronousTestCase):
         self.assertTrue(data.startswith(b"-ERR/ok-code line  break [31mxxx"))
         self.assertLessEqual(len(data), 1000)
         self.assertEqual(data.count(b"\r\n"), 1)
+        # Too many, or too long, reasons cannot push the text off the line.
+        answer = Answer.temp(("a" * 64,) * 15 + ("b" * 65,), "é" * 1000)
+        data = response_for_answer(answer).to_bytes()
+        self.assertEqual(data.count(b"/"), 10)
+        self.assertNotIn(b"bbb", data)
+        self.assertLessEqual(len(data), 1000)
+        data.decode("utf-8")
+
+    @FAST
+    @given(
+        st.sampled_from([Outcome.NOINFO, Outcome.TEMP, Outcome.ERROR, Outcome.BAD]),
+        st.lists(st.text(max_size=70), max_size=12),
+        st.text(max_size=1200),
+    )
+    def test_any_negative_answer(self, outcome: Outcome, reasons: list[str], text: str) -> None:
+        data = response_for_answer(Answer(outcome, reasons=tuple(reasons), text=text)).to_bytes()
+        self.assertLessEqual(len(data), 1000)
+        # -ERR/noinfo is NOINFO, whatever the Answer that made it was called.
+        info = data.rstrip(b"\r\n").split(b" ")[0].lower() + b"/"
+        if outcome is Outcome.ERROR and b"/noinfo/" in info:
+            outcome = Outcome.NOINFO
+        self.assertIs(answer_from_response(_feed(data)).outcome, outcome)
 
     def test_from_wire(self) -> None:
         cases = [
@@ -478,7 +507,7 @@ class JSONTests(SynchronousTestCase):
         self.assertEqual(hop["recipients"][0]["action"], "queued")
 
     @FAST
-    @given(st.lists(tracking_statuses, max_size=3))
+    @given(st.lists(small_tracking_statuses, max_size=2))
     def test_round_trip(self, parts: list[TrackingStatus]) -> None:
         answer = Answer.found(parts)
         data = json.loads(json.dumps(answer_to_json(answer, "h:1")))
@@ -501,6 +530,10 @@ class JSONTests(SynchronousTestCase):
         self.assertEqual(answer_from_json(data), expected)
 
     def test_negative_round_trip(self) -> None:
+        self.assertIs(
+            answer_from_response(response_for_answer(Answer.error(("noinfo",)))).outcome,
+            Outcome.NOINFO,
+        )
         for answer in (
             Answer.noinfo(),
             Answer.temp(("admin",), "x"),
