@@ -56,7 +56,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import IO, Any
 
@@ -136,13 +136,23 @@ _STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}(?:[ \t]+\S.*)?\Z")
 # field-name = 1*ftext; ftext = %d33-57 / %d59-126   (RFC 5322 section 3.6.8)
 _FIELD_NAME = re.compile(r"[!-9;-~]+\Z")
 
-# The RFC 5322 date-time shape emitted by email.utils.format_datetime:
-# [day-of-week ","] day month year hour ":" minute [":" second] zone
+# The RFC 5322 date-time shape that email.utils.format_datetime emits:
+# date-time = [day-of-week ","] date time   (RFC 5322 section 3.3, without
+# CFWS or obsolete zones: those go through the lenient parser and are
+# rewritten in this shape)
 _RFC5322_DATE = re.compile(
-    r"(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), )?\d{1,2} "
-    r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} "
-    r"\d{2}:\d{2}(?::\d{2})? [+-]\d{4}\Z"
+    r"(?:(?P<dow>Mon|Tue|Wed|Thu|Fri|Sat|Sun), )?(?P<day>\d{1,2}) "
+    r"(?P<month>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) (?P<year>\d{4}) "
+    r"(?P<hour>\d{2}):(?P<minute>\d{2})(?::(?P<second>\d{2}))? (?P<zone>[+-]\d{4})\Z"
 )
+_MONTHS = {
+    m: i for i, m in enumerate("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split(), 1)
+}
+_DAYS = "Mon Tue Wed Thu Fri Sat Sun".split()
+
+# What is left of an ENVID once its xtext is decoded: printable US-ASCII
+# without spaces (RFC 3461 section 4.4 xchar, plus "+" and "=").
+_ENVID = re.compile(r"[!-~]+\Z")
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -203,27 +213,56 @@ def _parse_date(value: Any, field: str) -> tuple[str, datetime]:
     """(RFC 5322 text for the report, the moment it names)."""
     text = _text(value, field, required=True)
     assert text is not None
-    when: datetime | None
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        when = None
-    if when is not None:
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
+    shaped = _RFC5322_DATE.match(text)
+    if shaped is not None:
+        # The common case in bulk imports, parsed here directly: several
+        # times faster than the general parser below.
+        when = _from_rfc5322(shaped)
+        if when is None:
+            raise ImportLineError(f"{field} is not a valid date")
+        dow = shaped["dow"]
+        if dow is None or dow == _DAYS[when.weekday()]:
+            return _checked(text, when, field)
+        # A wrong day of the week: the date wins, the text is rewritten.
         return _checked(format_datetime(when), when, field)
+    iso: datetime | None
     try:
-        when = parsedate_to_datetime(text)
+        iso = datetime.fromisoformat(text)
+    except ValueError:
+        iso = None
+    if iso is not None:
+        if iso.tzinfo is None:
+            iso = iso.replace(tzinfo=UTC)
+        return _checked(format_datetime(iso), iso, field)
+    try:
+        loose: datetime | None = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):
-        when = None
-    if when is None:
+        loose = None
+    if loose is None:
         raise ImportLineError(f"{field} is not an RFC 5322 or ISO 8601 date")
-    if when.tzinfo is None:
+    if loose.tzinfo is None:
         # "-0000": the zone is unknown (RFC 5322 section 3.3); read as UTC.
-        when = when.replace(tzinfo=UTC)
-    if _RFC5322_DATE.match(text):
-        return _checked(text, when, field)
-    return _checked(format_datetime(when), when, field)
+        loose = loose.replace(tzinfo=UTC)
+    return _checked(format_datetime(loose), loose, field)
+
+
+def _from_rfc5322(match: re.Match[str]) -> datetime | None:
+    zone = match["zone"]
+    offset = int(zone[1:3]) * 60 + int(zone[3:])
+    try:
+        # "-0000" means "zone unknown" (RFC 5322 section 3.3): read as UTC.
+        tz = timezone(timedelta(minutes=-offset if zone[0] == "-" else offset))
+        return datetime(
+            int(match["year"]),
+            _MONTHS[match["month"]],
+            int(match["day"]),
+            int(match["hour"]),
+            int(match["minute"]),
+            int(match["second"] or 0),
+            tzinfo=tz,
+        )
+    except ValueError:
+        return None
 
 
 def _checked(text: str, when: datetime, field: str) -> tuple[str, datetime]:
@@ -251,18 +290,18 @@ def _expiry(value: Any, arrival: datetime | None, now: float) -> int:
     return int(_parse_date(value, "expires")[1].timestamp())
 
 
-def _extensions(value: Any, where: str) -> tuple[tuple[str, str], ...]:
+def _extensions(value: Any) -> tuple[tuple[str, str], ...]:
     if value is None:
         return ()
     if not isinstance(value, dict):
-        raise ImportLineError(f"{where}extensions must be an object")
+        raise ImportLineError("extensions must be an object")
     pairs = []
     for name, field_value in value.items():
         if not _FIELD_NAME.match(name):
-            raise ImportLineError(f"{where}extensions: {_short(name)} is not a field name")
+            raise ImportLineError(f"extensions: {_short(name)} is not a field name")
         if name.lower() in _STANDARD_FIELDS:
-            raise ImportLineError(f"{where}extensions: {name} is a standard field")
-        text = _text(field_value, f"{where}extensions: {name}", required=True)
+            raise ImportLineError(f"extensions: {name} is a standard field")
+        text = _text(field_value, f"extensions: {name}", required=True)
         assert text is not None
         pairs.append((name, text))
     return tuple(pairs)
@@ -279,7 +318,7 @@ def _envid(value: Any) -> str:
         raise ImportLineError("envid is empty")
     if len(value) > MAX_ENVID:
         raise ImportLineError(f"envid is longer than {MAX_ENVID} characters")
-    if any(not "!" <= c <= "~" for c in value):
+    if not _ENVID.match(value):
         raise ImportLineError("envid must be printable US-ASCII without spaces")
     if value.startswith("<") or value.endswith(">"):
         raise ImportLineError("envid has unbalanced angle brackets")
@@ -302,42 +341,51 @@ def _certifier(obj: dict[str, Any]) -> str:
     return base64.b64encode(octets).decode("ascii")
 
 
-def _recipient(value: Any, index: int) -> RecipientStatus:
-    where = f"recipients[{index}]: "
+def _recipient(value: Any) -> RecipientStatus:
+    """One recipient object; errors name the field, the caller adds which recipient."""
     if not isinstance(value, dict):
-        raise ImportLineError(f"recipients[{index}] must be an object")
-    unknown = sorted(set(value) - _RECIPIENT_KEYS)
-    if unknown:
-        raise ImportLineError(f"{where}unknown key {_short(unknown[0])}")
-    original = _typed(value.get("original_recipient"), f"{where}original_recipient", "rfc822")
-    final = _typed(value.get("final_recipient"), f"{where}final_recipient", "rfc822")
+        raise ImportLineError("must be an object")
+    if not value.keys() <= _RECIPIENT_KEYS:
+        unknown = sorted(set(value) - _RECIPIENT_KEYS)
+        raise ImportLineError(f"unknown key {_short(unknown[0])}")
+    get = value.get
+    original = _typed(get("original_recipient"), "original_recipient", "rfc822")
+    final = _typed(get("final_recipient"), "final_recipient", "rfc822")
     if final is None:
         if original is None:
-            raise ImportLineError(f"{where}final_recipient is required")
+            raise ImportLineError("final_recipient is required")
         final = original
-    action_text = _text(value.get("action"), f"{where}action", required=True)
+    action_text = _text(get("action"), "action", required=True)
     assert action_text is not None
     if action_text.lower() not in _IMPORTABLE_ACTIONS:
-        raise ImportLineError(
-            f"{where}action must be one of {', '.join(sorted(_IMPORTABLE_ACTIONS))}"
-        )
-    status = _text(value.get("status"), f"{where}status", required=True)
+        raise ImportLineError(f"action must be one of {', '.join(sorted(_IMPORTABLE_ACTIONS))}")
+    status = _text(get("status"), "status", required=True)
     assert status is not None
     if not _STATUS.match(status):
-        raise ImportLineError(f"{where}status must be an RFC 3463 code such as 2.0.0")
+        raise ImportLineError("status must be an RFC 3463 code such as 2.0.0")
     return RecipientStatus(
         final_recipient=final,
         original_recipient=original,
         action=Action(action_text),
         status=status,
-        remote_mta=_typed(value.get("remote_mta"), f"{where}remote_mta", "dns"),
-        diagnostic_code=_text(value.get("diagnostic_code"), f"{where}diagnostic_code"),
-        last_attempt_date=_optional_date(
-            value.get("last_attempt_date"), f"{where}last_attempt_date"
-        ),
-        will_retry_until=_optional_date(value.get("will_retry_until"), f"{where}will_retry_until"),
-        extensions=_extensions(value.get("extensions"), where),
+        remote_mta=_typed(get("remote_mta"), "remote_mta", "dns"),
+        diagnostic_code=_text(get("diagnostic_code"), "diagnostic_code"),
+        last_attempt_date=_optional_date(get("last_attempt_date"), "last_attempt_date"),
+        will_retry_until=_optional_date(get("will_retry_until"), "will_retry_until"),
+        extensions=_extensions(get("extensions")),
     )
+
+
+def _recipients(value: Any) -> tuple[RecipientStatus, ...]:
+    if not isinstance(value, list) or not value:
+        raise ImportLineError("recipients must be a non-empty list")
+    parsed = []
+    for index, item in enumerate(value):
+        try:
+            parsed.append(_recipient(item))
+        except ImportLineError as e:
+            raise ImportLineError(f"recipients[{index}]: {e}") from None
+    return tuple(parsed)
 
 
 def parse_line(text: str, now: float) -> ImportRecord:
@@ -362,14 +410,12 @@ def parse_line(text: str, now: float) -> ImportRecord:
         raise ImportLineError("not valid JSON (nested too deeply)") from None
     if not isinstance(obj, dict):
         raise ImportLineError("not a JSON object")
-    unknown = sorted(set(obj) - _TOP_KEYS)
-    if unknown:
+    if not obj.keys() <= _TOP_KEYS:
+        unknown = sorted(set(obj) - _TOP_KEYS)
         raise ImportLineError(f"unknown key {_short(unknown[0])}")
     envid = _envid(obj.get("envid"))
     certifier = _certifier(obj)
-    recipients = obj.get("recipients")
-    if not isinstance(recipients, list) or not recipients:
-        raise ImportLineError("recipients must be a non-empty list")
+    recipients = _recipients(obj.get("recipients"))
     arrival_text: str | None = None
     arrival: datetime | None = None
     if obj.get("arrival_date") is not None:
@@ -380,8 +426,8 @@ def parse_line(text: str, now: float) -> ImportRecord:
         arrival_date=arrival_text,
         received_from_mta=_typed(obj.get("received_from_mta"), "received_from_mta", "dns"),
         expires=_expiry(obj.get("expires"), arrival, now),
-        extensions=_extensions(obj.get("extensions"), ""),
-        recipients=tuple(_recipient(r, i) for i, r in enumerate(recipients)),
+        extensions=_extensions(obj.get("extensions")),
+        recipients=recipients,
     )
 
 
@@ -401,12 +447,17 @@ def _store_path(args: argparse.Namespace) -> str:
     return DEFAULT_STORE
 
 
-def _lines(stream: IO[Any]) -> Iterator[str]:
-    """Lines without their end, decoded as UTF-8 (a bad line is reported, not fatal)."""
+def _lines(stream: IO[Any]) -> Iterator[str | None]:
+    """Lines without their end, decoded as UTF-8; None for a line that is not UTF-8."""
     first = True
     for raw in stream:
         if isinstance(raw, bytes):
-            raw = raw.decode("utf-8", errors="surrogateescape")
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                first = False
+                yield None
+                continue
         line = raw.rstrip("\r\n")
         if first:
             line = line.removeprefix("\ufeff")
@@ -425,13 +476,14 @@ class _Import:
         self.bad = 0
 
     def feed(self, name: str, stream: IO[Any]) -> None:
+        now = time.time()
         for number, line in enumerate(_lines(stream), start=1):
-            if not line.strip():
-                continue
             try:
-                if any("\udc80" <= c <= "\udcff" for c in line):
+                if line is None:
                     raise ImportLineError("not UTF-8")
-                record = parse_line(line, time.time())
+                if not line.strip():
+                    continue
+                record = parse_line(line, now)
             except ImportLineError as e:
                 self.bad += 1
                 print(f"{name}:{number}: {e}", file=self.stderr)

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.enterprise import adbapi
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
@@ -64,6 +65,7 @@ __all__ = [
     "SQLiteStore",
     "SQLiteWriter",
     "StoreError",
+    "StoreService",
     "StoredMessage",
     "merge_recipients",
 ]
@@ -330,7 +332,9 @@ def upsert_records(cursor: Any, records: Sequence[StoredMessage], now: float) ->
             # Unknown, or expired and not purged yet: an expired record is
             # gone as far as anyone can see, so nothing of it is merged back.
             base = ()
-        recipients[record.envid] = merge_recipients(base, record.recipients)
+        recipients[record.envid] = (
+            merge_recipients(base, record.recipients) if base else tuple(record.recipients)
+        )
 
     cursor.executemany(
         _UPSERT_MESSAGE,
@@ -478,6 +482,22 @@ class SQLiteStore:
         self._loop: LoopingCall | None = None
         self._purging: defer.Deferred[int] | None = None
 
+    def check(self) -> None:
+        """Open, create or migrate the store synchronously, then close it.
+
+        For start-up, before the reactor runs: a store that cannot be used
+        stops the daemon with one L{StoreError} line instead of failing later.
+        """
+        check_path(self.path)
+        if _is_memory(self.path):
+            return
+        try:
+            connection = sqlite3.connect(self.path, timeout=30.0)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open the tracking store {self.path}: {e}") from e
+        prepare_connection(connection, self.path)
+        connection.close()
+
     def start(self) -> defer.Deferred[None]:
         if self._pool is not None:
             return defer.succeed(None)
@@ -582,6 +602,25 @@ class SQLiteStore:
                 )
 
         return d.addBoth(done)
+
+
+class StoreService(Service):
+    """Starts a store with the application and stops it on shutdown."""
+
+    def __init__(self, store: ITrackingStore) -> None:
+        self.store = store
+
+    def startService(self) -> None:
+        super().startService()
+        self.store.start().addErrback(self._failed)
+
+    def _failed(self, failure: Failure) -> None:
+        # TRACK answers -TEMP/unavailable meanwhile; the reason is one line.
+        log.critical("Tracking store not available: {error}", error=str(failure.value))
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        return self.store.stop()
 
 
 # --- The synchronous writer for bulk import --------------------------------

@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -25,6 +26,7 @@ from mtqpgw.store import (
     SQLiteWriter,
     StoredMessage,
     StoreError,
+    StoreService,
     merge_recipients,
 )
 
@@ -444,6 +446,47 @@ class OpenErrorTests(StoreTestMixin, TestCase):
         self.assertIn(path, str(caught.exception))
 
 
+class CheckAndServiceTests(StoreTestMixin, TestCase):
+    def test_check_creates_schema(self) -> None:
+        store, _ = self.make_store()
+        store.check()
+        db = sqlite3.connect(store.path)
+        self.addCleanup(db.close)
+        self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)
+
+    def test_check_errors(self) -> None:
+        path = os.path.join(self.mktemp(), "store.sqlite3")
+        with self.assertRaises(StoreError) as caught:
+            SQLiteStore(path, reactor=Clock()).check()
+        self.assertIn(path, str(caught.exception))
+        SQLiteStore(":memory:", reactor=Clock()).check()
+
+    @deferred_test
+    async def test_service(self) -> None:
+        store, clock = self.make_store(purge_interval=60.0)
+        svc = StoreService(store)
+        svc.startService()
+        await store.upsert([message()])
+        self.assertEqual(await store.count(), 1)
+        self.assertTrue(clock.getDelayedCalls())
+        await svc.stopService()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    @deferred_test
+    async def test_service_failure_logged(self) -> None:
+        path = os.path.join(self.mktemp(), "store.sqlite3")
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        store, _ = self.make_store(path=path)
+        svc = StoreService(store)
+        svc.startService()
+        await svc.stopService()
+        critical = [e for e in events if e.get("log_level") == LogLevel.critical]
+        self.assertEqual(len(critical), 1)
+        self.assertIn(path, critical[0]["error"])
+
+
 class SQLiteWriterTests(StoreTestMixin, TestCase):
     @deferred_test
     async def test_writer_and_store_share_a_file(self) -> None:
@@ -590,8 +633,6 @@ class LocalTrackerTests(SynchronousTestCase):
             FakeStore(error=sqlite3.OperationalError("disk I/O error")), self.hostname
         )
         events: list[dict[str, Any]] = []
-        from twisted.logger import globalLogPublisher
-
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         answer = self.answer(tracker, "x@example.com", SECRET_B64)
