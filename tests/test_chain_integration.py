@@ -414,3 +414,47 @@ class InnerTLSTests(TestCase):
         self.assertEqual(secure, Answer.found([self.local, self.inner_part]))
         # Two sessions: TLS for the client that used TLS, plain for the other.
         self.assertEqual(sorted(s.info.tls for s in pool.sessions), [False, True])
+
+
+class DemoTests(TestCase):
+    """``mtqp demo``'s servers answer the printed commands as the printout says."""
+
+    timeout = 20
+
+    async def test_demo_messages(self) -> None:
+        import io
+
+        from mtqpgw import demo
+
+        running = await demo.start_demo(reactor)
+        self.addCleanup(lambda: defer.Deferred.fromCoroutine(running.stop()))
+        out = io.StringIO()
+        demo.describe(running, out)
+        net = Harness(self)
+        reporters = {}
+        for message in demo.DEMO_MESSAGES:
+            self.assertIn(
+                f"mtqp track --tls off --server 127.0.0.1:{running.gateway_port} "
+                f"{message.envid} {message.mtrk_secret}",
+                out.getvalue(),
+            )
+            answer = await net.ask(running.gateway_port, message.envid, message.mtrk_secret)
+            reporters[message.envid] = [p.reporting_mta for p in answer.parts]
+        self.assertEqual(
+            reporters,
+            {
+                "demo-1@example.com": [
+                    "dns; gateway.example.com",
+                    "dns; mx1.corp.example.com",
+                    "dns; mx2.corp.example.com",
+                ],
+                "demo-2@example.com": [
+                    "dns; gateway.example.com",
+                    "dns; mx1.corp.example.com",
+                    "dns; mx2.corp.example.com",
+                ],
+                "demo-3@example.com": ["dns; mx2.corp.example.com"],
+            },
+        )
+        wrong = await net.ask(running.gateway_port, "demo-1@example.com", "d3Jvbmc=")
+        self.assertEqual(wrong, Answer.noinfo())
