@@ -136,10 +136,10 @@ _STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}(?:[ \t]+\S.*)?\Z")
 # field-name = 1*ftext; ftext = %d33-57 / %d59-126   (RFC 5322 section 3.6.8)
 _FIELD_NAME = re.compile(r"[!-9;-~]+\Z")
 
-# The RFC 5322 date-time shape that email.utils.format_datetime emits:
-# date-time = [day-of-week ","] date time   (RFC 5322 section 3.3, without
-# CFWS or obsolete zones: those go through the lenient parser and are
-# rewritten in this shape)
+# date-time = [day-of-week ","] date time   (RFC 5322 section 3.3), in the
+# single-space shape email.utils.format_datetime emits (seconds optional).
+# Comments, folding and obsolete zones such as "EST" go through the lenient
+# parser instead and are rewritten in this shape.
 _RFC5322_DATE = re.compile(
     r"(?:(?P<dow>Mon|Tue|Wed|Thu|Fri|Sat|Sun), )?(?P<day>\d{1,2}) "
     r"(?P<month>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) (?P<year>\d{4}) "
@@ -154,7 +154,10 @@ _DAYS = "Mon Tue Wed Thu Fri Sat Sun".split()
 # without spaces (RFC 3461 section 4.4 xchar, plus "+" and "=").
 _ENVID = re.compile(r"[!-~]+\Z")
 
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Control characters, C1 included, and the Unicode line and paragraph
+# separators: anything a report reader might take for the end of a line.
+# Tab is allowed (it is white space in a field body).
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class ImportLineError(ValueError):

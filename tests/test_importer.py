@@ -219,6 +219,10 @@ class ParseLineTests(SynchronousTestCase):
         # A CR or LF in a value would inject fields into the report.
         self.assertBad(line(received_from_mta="dns; a\r\nStatus: 2.0.0"), "control")
         self.assertBad(line(recipients=[rcpt(diagnostic_code="smtp; 550\nX: y")]), "control")
+        for bad in ("\x00", "\x85", "\u2028", "\x1b"):
+            self.assertBad(line(received_from_mta=f"dns; a{bad}b"), "control")
+        got = parse_line(line(recipients=[rcpt(diagnostic_code="smtp; 550\tno \u00e9")]), NOW)
+        self.assertEqual(got.recipients[0].diagnostic_code, "smtp; 550\tno \u00e9")
 
     def test_null_is_absent(self) -> None:
         got = parse_line(line(received_from_mta=None, arrival_date=None, expires=None), NOW)

@@ -6,6 +6,8 @@ import os
 import sqlite3
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
@@ -28,6 +30,7 @@ from mtqpgw.store import (
     StoreError,
     StoreService,
     merge_recipients,
+    select_message,
 )
 
 SECRET = b"abcdefgh\n"
@@ -95,6 +98,48 @@ class MergeRecipientsTests(SynchronousTestCase):
         other = recipient("o@l", original="o@l")
         y = recipient("y@l", "relayed", "2.1.9", original="list@l")
         self.assertEqual(merge_recipients((x1, other, x2), (y,)), (y, other))
+
+
+_addresses = st.sampled_from(["a@x", "b@x", "B@X", "c@y", "d@z"])
+_recipients = st.builds(
+    recipient,
+    _addresses,
+    st.sampled_from(["delivered", "relayed", "failed"]),
+    st.sampled_from(["2.0.0", "5.1.1"]),
+    st.none() | _addresses,
+)
+_messages = st.builds(
+    message,
+    st.sampled_from(["e1", "e2", "e3"]),
+    st.just(START + DAY),
+    st.lists(_recipients, min_size=1, max_size=4).map(tuple),
+)
+
+
+class UpsertModelTests(SynchronousTestCase):
+    """The SQL gives what applying merge_recipients in order gives, batch after batch."""
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.lists(_messages, max_size=6), max_size=4))
+    def test_sql_matches_model(self, batches: list[list[StoredMessage]]) -> None:
+        model: dict[str, StoredMessage] = {}
+        with SQLiteWriter(":memory:", clock=lambda: START) as writer:
+            for batch in batches:
+                writer.upsert(batch)
+                for m in batch:
+                    old = model.get(m.envid)
+                    merged = merge_recipients(old.recipients if old else (), m.recipients)
+                    model[m.envid] = StoredMessage(
+                        envid=m.envid,
+                        certifier=m.certifier,
+                        expires=m.expires,
+                        recipients=merged,
+                        arrival_date=m.arrival_date,
+                        received_from_mta=m.received_from_mta,
+                    )
+            cursor = writer._connection.cursor()  # type: ignore[union-attr]
+            for envid in ("e1", "e2", "e3"):
+                self.assertEqual(select_message(cursor, envid, START), model.get(envid))
 
 
 class StoreTestMixin:
