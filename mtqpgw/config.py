@@ -23,7 +23,12 @@ Decisions the contract leaves open, made here:
   without importing Twisted: the types ``tcp``, ``tcp6``, ``ssl``, ``unix``
   and ``systemd``, their parameter names, and port numbers (0 = any free
   port).  A bare port number ``"1038"`` means ``"tcp:1038"`` and is stored in
-  that form (Twisted itself no longer accepts the bare form).
+  that form (Twisted itself no longer accepts the bare form).  File names in
+  them are paths in the file like any other: a relative UNIX socket or
+  ``ssl:`` key file is resolved against the file's directory and the string
+  rewritten in keyword form (``unix:address=/etc/mtqpgw/mtqp.sock``).
+  ``ssl:`` needs an explicit ``privateKey`` (Twisted's default, server.pem in
+  whatever the current directory is, is not a path in the file).
 - ``server.throttle_exempt`` entries become ``ipaddress`` networks; a plain
   address is a one-address network, and a network with host bits set
   (``10.0.0.5/24``) is refused as a likely typo.
@@ -53,11 +58,17 @@ Decisions the contract leaves open, made here:
 - Relative paths (store, certificates, keys, cafiles) are resolved against
   the directory of the config file (the current directory for
   ``default_config``); ``~`` is not expanded.  ``:memory:`` is kept as is.
+- Types: seconds (``idle_timeout``, ``max_connection_time``,
+  ``failed_track_window``, ``deadline``) may be integers or floats, stored as
+  float, finite; counts and ports are integers; a TOML boolean is never a
+  number (Python's ``bool`` is an ``int``; TOML's is not).
 - File existence: ``parse_config`` does not look; ``load_config`` does, by
-  default, through ``check_files``: every certificate, key and cafile must be
-  a readable file and the store's directory must exist, so that a config that
-  passes ``check-config`` does not stop the daemon later for a missing file.
-  Whether the files hold usable PEM is for the TLS code to find out.
+  default (``check=False`` turns it off), through ``check_files``: every
+  certificate, key and cafile, and the key files of an ``ssl:`` endpoint,
+  must be a readable file; the directories of the store and of a UNIX
+  socket must exist.  A config that passes ``mtqp check-config`` therefore
+  does not stop the daemon later for a missing file.  Whether the files
+  hold usable PEM is for the TLS code to find out.
 """
 
 from __future__ import annotations

@@ -523,24 +523,29 @@ ERRORS = [
     ("[chain]\ndeadlines = 5", 'chain.deadlines: unknown key (did you mean "deadline"?)'),
     (
         "[chain]\nfanout = true",
-        "chain.inner: [chain] is set but names no inner host: add a [[chain.inner]] or remove [chain]",
+        "chain.inner: [chain] is set but names no inner host: add a [[chain.inner]] or remove "
+        "[chain]",
     ),
     (
         "[chain]\ninner = []",
-        "chain.inner: [chain] is set but names no inner host: add a [[chain.inner]] or remove [chain]",
+        "chain.inner: [chain] is set but names no inner host: add a [[chain.inner]] or remove "
+        "[chain]",
     ),
     ("[chain]\ninner = {name = 'a'}", "chain.inner: must be an array, got a table"),
     (
         "[chain]\ndeadline = 120",
-        "chain.deadline: must be more than 0 and less than 120 seconds (RFC 3887 section 2.4), got 120",
+        "chain.deadline: must be more than 0 and less than 120 seconds "
+        "(RFC 3887 section 2.4), got 120",
     ),
     (
         "[chain]\ndeadline = 0",
-        "chain.deadline: must be more than 0 and less than 120 seconds (RFC 3887 section 2.4), got 0",
+        "chain.deadline: must be more than 0 and less than 120 seconds "
+        "(RFC 3887 section 2.4), got 0",
     ),
     (
         "[chain]\ndeadline = -0.5",
-        "chain.deadline: must be more than 0 and less than 120 seconds (RFC 3887 section 2.4), got -0.5",
+        "chain.deadline: must be more than 0 and less than 120 seconds "
+        "(RFC 3887 section 2.4), got -0.5",
     ),
     ("[chain]\ndeadline = false", "chain.deadline: must be a number of seconds, got false"),
     ('[chain]\nreport = "flat"', 'chain.report: must be one of "hops", "combined", got "flat"'),
@@ -624,7 +629,8 @@ ERRORS = [
     ),
     (
         "[[rewrite]]\nmatch = ''\nreplace = 'x'",
-        'rewrite[0].match: "" is not a host-name glob (letters, digits, "-", "_", ".", ":", "*" and "?"); write "re:..." for a regular expression',
+        'rewrite[0].match: "" is not a host-name glob (letters, digits, "-", "_", ".", ":", '
+        '"*" and "?"); write "re:..." for a regular expression',
     ),
     ("[[rewrite]]\nmatch = '[]'\nreplace = 'x'", 'rewrite[0].match: "[]" matches no host name'),
     (
@@ -637,7 +643,8 @@ ERRORS = [
         "rewrite[0].addresses: must be true or false, got 1",
     ),
     (
-        "[[rewrite]]\nmatch = '*'\nreplace = 'x'\n[[rewrite]]\nmatch = '*'\nreplace = 'x'\naddresses = 'yes'",
+        "[[rewrite]]\nmatch = '*'\nreplace = 'x'\n"
+        "[[rewrite]]\nmatch = '*'\nreplace = 'x'\naddresses = 'yes'",
         'rewrite[1].addresses: must be true or false, got "yes"',
     ),
 ]
