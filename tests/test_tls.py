@@ -12,15 +12,18 @@ blocking sockets and timeouts: nothing sleeps).
 from __future__ import annotations
 
 import os
+import socket
+import ssl
+import warnings
 from collections import deque
 from types import SimpleNamespace
 from typing import Any
 
-from twisted.internet import defer, endpoints, interfaces, reactor
+from twisted.internet import defer, endpoints, interfaces, reactor, threads
 from twisted.logger import globalLogPublisher
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from mtqpgw import client, wire
@@ -428,10 +431,13 @@ class LoopbackCase(TestCase):
         self.factories: list[_WatchedFactory] = []
         self.line_clients: list[LineClient] = []
         self.mtqp_clients: list[client.MTQPClientProtocol] = []
+        self.pools: list[Any] = []
         self.addCleanup(self._tidy)
 
     @defer.inlineCallbacks
     def _tidy(self) -> Any:
+        for pool in self.pools:
+            yield pool.close()
         waits = []
         for proto in self.line_clients:
             if proto.connected_now:
@@ -665,3 +671,144 @@ class ServerSTARTTLSTests(LoopbackCase):
         answer = yield proto.ask(TRACK)
         self.assertEqual(answer.indicator, wire.Indicator.OK_MULTI)
         self.assertEqual(factory.connections, 1)
+
+
+# -- the standard library's ssl as the client -------------------------------------------
+
+
+class _BlockingLines:
+    """Blocking line reading for a client thread (socket timeouts bound every wait)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line
+
+    def response(self) -> wire.Response:
+        parser = wire.ResponseParser()
+        while True:
+            response = parser.feed(self.line())
+            if response is not None:
+                return response
+
+
+def stdlib_session(
+    port: int, name: str, context: ssl.SSLContext, commands: tuple[bytes, ...] = ()
+) -> dict[str, Any]:
+    """Runs in a thread: greeting, STARTTLS ``name``, handshake, then ``commands``.
+
+    Returns what happened; an ``ssl.SSLError`` during the handshake is
+    returned under ``"handshake_error"``.
+    """
+    result: dict[str, Any] = {}
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        plain = _BlockingLines(sock)
+        result["greeting"] = plain.response()
+        sock.sendall(wire.starttls_line(name))
+        result["starttls"] = plain.response()
+        result["pending_before_handshake"] = plain.buffer
+        try:
+            tls = context.wrap_socket(sock, server_hostname=name)
+        except ssl.SSLError as e:
+            result["handshake_error"] = e
+            return result
+        with tls:
+            result["version"] = tls.version()
+            result["cipher"] = tls.cipher()
+            lines = _BlockingLines(tls)  # type: ignore[arg-type]
+            result["tls_greeting"] = lines.response()
+            result["answers"] = []
+            for command in commands:
+                tls.sendall(command)
+                result["answers"].append(lines.response())
+    return result
+
+
+class StdlibClientTests(LoopbackCase):
+    """An independent TLS client (CPython's ssl module) against the server."""
+
+    def verifying_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=ca_path())
+        self.assertTrue(context.check_hostname)
+        return context
+
+    @defer.inlineCallbacks
+    def test_full_session_through_a_wildcard_and_an_intermediate(self) -> Any:
+        tracker = FakeTracker()
+        port, _ = self.serve(standard_tls(), tracker)
+        result = yield threads.deferToThread(
+            stdlib_session,
+            port,
+            "mtqp-1.example.net",
+            self.verifying_context(),
+            (TRACK, wire.starttls_line(HOST), wire.QUIT_LINE),
+        )
+        self.assertEqual(result["greeting"].lines, (b"STARTTLS",))
+        self.assertTrue(is_response(result["starttls"], wire.Indicator.OK))
+        self.assertEqual(result["pending_before_handshake"], b"")
+        self.assertIn(result["version"], ("TLSv1.2", "TLSv1.3"))
+        self.assertGreaterEqual(result["cipher"][2], 128)
+        self.assertEqual(result["tls_greeting"].indicator, wire.Indicator.OK, "no STARTTLS now")
+        track, again, bye = result["answers"]
+        self.assertEqual(track.indicator, wire.Indicator.OK_MULTI)
+        self.assertIn(b"Original-Envelope-Id: " + ENVID.encode(), track.lines)
+        self.assertTrue(is_response(again, wire.Indicator.BAD, "tls-in-progress"))
+        self.assertEqual(bye.indicator, wire.Indicator.OK)
+        self.assertEqual(tracker.calls, [(ENVID, SECRET, True)])
+
+    @defer.inlineCallbacks
+    def test_tls_1_2_accepted(self) -> Any:
+        port, _ = self.serve(standard_tls())
+        context = self.verifying_context()
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        result = yield threads.deferToThread(stdlib_session, port, HOST, context, (TRACK,))
+        self.assertEqual(result["version"], "TLSv1.2")
+        self.assertEqual(result["answers"][0].indicator, wire.Indicator.OK_MULTI)
+
+    @defer.inlineCallbacks
+    def test_tls_1_0_and_1_1_refused(self) -> Any:
+        """RFC 8996: a client that offers only TLS 1.1 (or 1.0) gets a protocol_version alert.
+
+        The client is made willing (security level 0, so this OpenSSL does
+        not refuse old versions itself).  If it still will not even send its
+        ClientHello, there is nothing to show here: skip with that reason.
+        """
+        old = {"TLSv1.1": "TLSv1_1", "TLSv1.0": "TLSv1"}
+        for label, attribute in old.items():
+            port, factory = self.serve(standard_tls())
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            try:
+                with warnings.catch_warnings():
+                    # ssl.TLSVersion.TLSv1_1 warns on use; using it is the point.
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    version = getattr(ssl.TLSVersion, attribute)
+                    context.minimum_version = context.maximum_version = version
+                context.set_ciphers("DEFAULT:@SECLEVEL=0")
+            except (ValueError, ssl.SSLError) as e:
+                raise SkipTest(f"this Python's ssl cannot be set to {label}: {e}") from None
+            result = yield threads.deferToThread(stdlib_session, port, HOST, context)
+            error = result.get("handshake_error")
+            self.assertIsNotNone(error, f"{label} handshake succeeded: {result.get('version')}")
+            reason = getattr(error, "reason", None) or ""
+            if not reason.startswith(("TLSV1_ALERT", "SSLV3_ALERT")):
+                raise SkipTest(
+                    f"the local OpenSSL ({ssl.OPENSSL_VERSION}) refused to try {label} "
+                    f"itself ({reason or error}), so the server's refusal cannot be shown"
+                )
+            self.assertEqual(reason, "TLSV1_ALERT_PROTOCOL_VERSION", label)
+            yield factory.gone[0]
+            (lost,) = factory.lost
+            self.assertIsNotNone(lost, "the server ended the connection because of TLS")
+            # And the server is fine afterwards.
+            proto, greeting = yield self.open_tls(port)
+            self.assertTrue(greeting.is_positive)
