@@ -308,8 +308,9 @@ def _split_field(logical: str) -> tuple[str, str] | None:
     name = name.rstrip(_WSP)
     if not _FIELD_NAME.fullmatch(name):
         return None
-    # Leading and trailing WSP around a value is not significant.
-    return name, value.strip(_WSP)
+    # The serialiser's own cleaning (leading and trailing WSP dropped, a bare
+    # CR made a space): a model read from the wire is one it can write back.
+    return name, _clean_value(value)
 
 
 def _read_group(
@@ -355,7 +356,10 @@ def parse_tracking_status_counted(
     ``extensions``).  A per-message group that runs straight into
     per-recipient fields without the empty line (seed example 10, as
     extracted) is split at the first per-recipient field, since the two
-    field sets of RFC 3886 are disjoint.
+    field sets of RFC 3886 are disjoint.  Values are cleaned as the
+    serialiser cleans them (white space at either end dropped, a bare CR
+    made a space, a run of white space longer than a line shortened), so
+    whatever is read can be written back and reads the same.
 
     Per-recipient groups: a missing Final-Recipient falls back to
     Original-Recipient (the same recipient, as the sender named it, and the

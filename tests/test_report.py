@@ -339,6 +339,8 @@ class ParseReportTests(SynchronousTestCase):
             return
         self.assertTrue(parts)
         self.assertGreaterEqual(skipped, 0)
+        # What was read can be sent on, and reads back the same.
+        self.assertEqual(parse_report_counted(build_report(parts)), (parts, 0))
 
 
 class ResponseMappingTests(SynchronousTestCase):

@@ -355,6 +355,16 @@ class LiberalParserTests(SynchronousTestCase):
         self.assertEqual(status.extensions, (("X-Raw", "\ufffd\ufffd ok"),))
         serialise_tracking_status(status)
 
+    def test_bare_cr(self) -> None:
+        # A bare CR is no line end: it becomes a space, as on output.
+        data = b"Original-Envelope-Id: e\r\r\nReporting-MTA: x\nX-A: a\rb\r\r\n"
+        status = parse_tracking_status(data)
+        self.assertEqual(status.original_envelope_id, "e")
+        self.assertEqual(status.extensions, (("X-A", "a b"),))
+        self.assertRaises(
+            StatusParseError, parse_tracking_status, b"Original-Envelope-Id:\r\r\nReporting-MTA: x"
+        )
+
     def test_unknown_action(self) -> None:
         data = _body(
             *_MESSAGE, "", "Final-Recipient: rfc822; a@b", "Action: Queued", "Status: 4.0.0"
@@ -375,7 +385,9 @@ class LiberalParserTests(SynchronousTestCase):
         except StatusParseError:
             return
         self.assertGreaterEqual(bad, 0)
-        serialise_tracking_status(status)
+        # Whatever was read can be written, and reads back the same.
+        lines = serialise_tracking_status(status)
+        self.assertEqual(parse_tracking_status_counted(b"\n".join(lines)), (status, 0))
 
     @FAST
     @given(
@@ -410,6 +422,8 @@ class LiberalParserTests(SynchronousTestCase):
         self.assertTrue(status.original_envelope_id)
         for rcpt in status.recipients:
             self.assertTrue(rcpt.final_recipient and rcpt.status)
+        lines = serialise_tracking_status(status)
+        self.assertEqual(parse_tracking_status_counted(b"\r\n".join(lines)), (status, 0))
 
 
 class SerialiserTests(SynchronousTestCase):
