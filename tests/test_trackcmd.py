@@ -553,6 +553,36 @@ class OutputTests(TrackTestCase):
         self.assertEqual((code, err), (0, ""))
         self.assertEqual(json.loads(out)["hops"][0]["reporting_mta"], "dns; hop1.test")
 
+    async def test_opportunistic_tls_remembers_the_server(self) -> None:
+        """Default --tls: STARTTLS without a CA file; the TOFU record alarms on a new certificate."""
+        from mtqpgw.tls import ServerTLS
+        from mtqpgw.tofu import TofuCache
+        from tests import certs
+
+        answer = Answer.found([part("hop1.test", rcpt("user1", Action.DELIVERED, "2.0.0"))])
+        first = certs.issue(["hop1.test"])
+        factory = MTQPServerFactory(
+            FixedTracker(answer),
+            ServerLimits(hostname="hop1.test"),
+            tls=ServerTLS.from_files([(first.cert, first.key)]),
+        )
+        port = listen(self, factory)
+        self.name("hop1.test", port)
+        tofu = TofuCache(self.mktemp())
+        code, out, err = await self.track(uri("hop1.test"), tofu=tofu)
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(tofu.get("hop1.test", port).cert_sha256, first.sha256)
+
+        # A certificate from a CA nobody trusts: opportunistic mode still
+        # talks (it does not verify), but says the certificate changed.
+        rogue = certs.new_authority("Rogue CA").issue(["hop1.test"])
+        factory.tls = ServerTLS.from_files([(rogue.cert, rogue.key)])
+        code, out, err = await self.track(uri("hop1.test"), tofu=TofuCache(tofu.path))
+        self.assertEqual(code, 0)
+        self.assertIn(f"mtqp track: WARNING: hop1.test:{port} presented a different", err)
+        remembered = TofuCache(tofu.path).get("hop1.test", port)
+        self.assertEqual(remembered.cert_sha256, first.sha256, "an alarm keeps the old record")
+
 
 class UsageTests(TrackTestCase):
     async def check_usage(self, *argv: str) -> str:
