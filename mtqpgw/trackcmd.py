@@ -36,6 +36,8 @@ from mtqpgw.dns import (
 from mtqpgw.follow import Hop, Plan, Referral, plan
 from mtqpgw.report import GARBLED, answer_from_response, answer_to_json
 from mtqpgw.status import Answer, Outcome, RecipientStatus, TrackingStatus, address_of
+from mtqpgw.tls import TLSConfigError, client_context, load_ca_bundle
+from mtqpgw.tofu import TofuCache, observation_from_info
 from mtqpgw.uri import MTQPURI, URIError, check_host
 
 __all__ = [
@@ -213,8 +215,6 @@ class _Asker:
                     f"TLS is required, but STARTTLS needs a domain name and {host} is not one"
                 )
             return TLSMode.OFF, None
-        from mtqpgw.tls import client_context
-
         return self.tls_mode, client_context(host, self.cafile, self.tls_mode.value)
 
     def _endpoint(self, address: str, port: int) -> Any:
@@ -235,8 +235,6 @@ class _Asker:
         d.addTimeout(self.timeout, self.clock)
         proto: MTQPClientProtocol = await d
         if self.tofu is not None and self.tls_mode is not TLSMode.OFF:
-            from mtqpgw.tofu import observation_from_info
-
             seen = observation_from_info(proto.info)
             for warning in self.tofu.observe(target.host, target.port, seen):
                 self.err.write(f"{_PROG}: {warning}\n")
@@ -479,8 +477,6 @@ async def _run(
                 raise UsageError(str(e)) from None
         tls_mode = TLSMode(args.tls or "opportunistic")
         if args.cafile and tls_mode is not TLSMode.OFF:
-            from mtqpgw.tls import TLSConfigError, load_ca_bundle
-
             try:
                 load_ca_bundle(args.cafile)
             except TLSConfigError as e:
@@ -572,8 +568,6 @@ def run(
 
 def main(args: argparse.Namespace) -> int:
     """The ``mtqp track`` entry point: run the reactor until the query is done."""
-    from mtqpgw.tofu import TofuCache
-
     tofu = TofuCache() if (args.tls or "opportunistic") != "off" else None
     status: list[int] = []
 

@@ -18,6 +18,7 @@ from typing import Any
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
+from twisted.names import dns as names_dns
 from twisted.protocols.basic import LineReceiver
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
@@ -31,9 +32,13 @@ from mtqpgw.report import answer_to_json
 from mtqpgw.server import MTQPServerFactory, ServerLimits
 from mtqpgw.status import Action, Answer, RecipientStatus, TrackingStatus
 from mtqpgw.store import LocalTracker, SQLiteStore, StoredMessage
+from mtqpgw.tls import ServerTLS
+from mtqpgw.tofu import TofuCache
 from mtqpgw.trackcmd import run
+from tests import certs
 from tests.dnsserver import MemoryZone, serve_dns
 from tests.seed import EXAMPLES
+from tests.test_dns import ScriptedRandom
 
 ENVID = "12345-20010101@example.com"
 SECRET = "YWJjZGVmZ2gK"
@@ -286,8 +291,6 @@ class DiscoveryEndToEndTests(TrackTestCase):
         )
         self.zone.add_a("light.test")
         self.zone.add_a("heavy.test")
-        from tests.test_dns import ScriptedRandom
-
         # Running sums 10 (light) and 100 (heavy): 11 picks heavy, 10 light.
         code, out, _ = await self.track(uri("mail.test"), rng=ScriptedRandom(11, 0))
         self.assertIn("Reporting MTA dns; heavy.test", out)
@@ -336,9 +339,7 @@ class DiscoveryEndToEndTests(TrackTestCase):
         self.assertEqual((code, out, err), (2, "", "mtqp track: no such host: nowhere.test\n"))
 
     async def test_no_srv_no_address(self) -> None:
-        from twisted.names import dns
-
-        self.zone.add("bare.test", dns.Record_TXT(b"nothing to see", ttl=60))
+        self.zone.add("bare.test", names_dns.Record_TXT(b"nothing to see", ttl=60))
         code, out, err = await self.track(uri("bare.test"))
         self.assertEqual(
             (code, out, err),
@@ -536,9 +537,6 @@ class OutputTests(TrackTestCase):
 
     async def test_tls_required_with_cafile(self) -> None:
         """--tls required --cafile: STARTTLS to the SRV target's name, verified, then TRACK."""
-        from mtqpgw.tls import ServerTLS
-        from tests import certs
-
         leaf = certs.issue(["hop1.test"])
         server_tls = ServerTLS.from_files([(leaf.cert, leaf.key)])
         answer = Answer.found([part("hop1.test", rcpt("user1", Action.DELIVERED, "2.0.0"))])
@@ -555,10 +553,6 @@ class OutputTests(TrackTestCase):
 
     async def test_opportunistic_tls_remembers_the_server(self) -> None:
         """Default --tls: STARTTLS without a CA file; the TOFU record alarms on a new certificate."""
-        from mtqpgw.tls import ServerTLS
-        from mtqpgw.tofu import TofuCache
-        from tests import certs
-
         answer = Answer.found([part("hop1.test", rcpt("user1", Action.DELIVERED, "2.0.0"))])
         first = certs.issue(["hop1.test"])
         factory = MTQPServerFactory(
