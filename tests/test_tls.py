@@ -20,7 +20,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet import defer, endpoints, interfaces, reactor, threads
-from twisted.logger import globalLogPublisher
+from twisted.internet.protocol import Factory
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
@@ -29,7 +30,7 @@ from zope.interface import implementer
 from mtqpgw import client, wire
 from mtqpgw.interfaces import IServerTLS
 from mtqpgw.server import MTQPServer, MTQPServerFactory, ServerLimits
-from mtqpgw.status import Action, Answer, RecipientStatus, TrackingStatus
+from mtqpgw.status import Action, Answer, Outcome, RecipientStatus, TrackingStatus
 from mtqpgw.tls import (
     ServerTLS,
     TLSConfigError,
@@ -41,6 +42,7 @@ from mtqpgw.tls import (
     load_certificate,
     peer_certificate_sha256,
 )
+from mtqpgw.tofu import Observation, TofuCache, observation_from_info
 from tests import certs
 
 HOST = "mtqp.example.com"
@@ -812,3 +814,215 @@ class StdlibClientTests(LoopbackCase):
             # And the server is fine afterwards.
             proto, greeting = yield self.open_tls(port)
             self.assertTrue(greeting.is_positive)
+
+
+# -- mtqpgw.client over real TLS, and the gateway towards inner hosts --------------------
+
+
+@implementer(interfaces.IHandshakeListener)
+class _InjectingServer(LineReceiver):
+    """A hostile MTQP server: its +OK to STARTTLS carries a forged response behind it."""
+
+    delimiter = b"\r\n"
+
+    def __init__(self, context: Any) -> None:
+        self.context = context
+        self.gone: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(wire.greeting("evil.example.com", ["STARTTLS"]).to_bytes())
+
+    def lineReceived(self, line: bytes) -> None:
+        if line.upper().startswith(b"STARTTLS"):
+            # One write: the answer and, before any TLS byte, a forged
+            # answer to the TRACK the client will send inside TLS.
+            self.transport.write(
+                b"+OK Begin TLS negotiation\r\n-ERR/noinfo Forged before the handshake\r\n"
+            )
+            self.transport.startTLS(self.context)
+        elif line.upper().startswith(b"TRACK"):
+            self.transport.write(
+                wire.Response(wire.Indicator.TEMP, ("genuine",), "Answered inside TLS").to_bytes()
+            )
+        elif line.upper().startswith(b"QUIT"):
+            self.transport.write(b"+OK Bye\r\n")
+            self.transport.loseConnection()
+
+    def handshakeCompleted(self) -> None:
+        self.transport.write(wire.greeting("evil.example.com").to_bytes())
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.gone.callback(None)
+
+
+class ClientTLSTests(LoopbackCase):
+    @defer.inlineCallbacks
+    def test_required_and_verified(self) -> Any:
+        tracker = FakeTracker()
+        port, _ = self.serve(standard_tls(), tracker)
+        proto = yield self.mtqp_connect(port, "required")
+        self.assertTrue(proto.info.tls)
+        self.assertTrue(proto.info.starttls_offered_before_tls)
+        self.assertEqual(proto.info.options, {}, "options learnt in the clear are forgotten")
+        self.assertEqual(observation_from_info(proto.info), Observation(True, leaf_com().sha256))
+        answer = yield proto.track(ENVID, SECRET)
+        self.assertEqual(answer.outcome, Outcome.OK)
+        self.assertEqual(tracker.calls, [(ENVID, SECRET, True)])
+        yield proto.quit()
+
+    @defer.inlineCallbacks
+    def test_required_refuses_an_untrusted_certificate(self) -> Any:
+        rogue = certs.new_authority("Rogue CA").issue([HOST])
+        tracker = FakeTracker()
+        port, factory = self.serve(ServerTLS.from_files([rogue.pair]), tracker)
+        failure = yield self.assertFailure(self.mtqp_connect(port, "required"), client.ClientError)
+        self.assertIn("certificate", str(failure).lower())
+        self.assertEqual(tracker.calls, [], "nothing was asked")
+        yield factory.gone[0]
+
+    @defer.inlineCallbacks
+    def test_required_refuses_a_certificate_for_another_name(self) -> Any:
+        """Chain fine, name wrong: service-identity's check fails the handshake."""
+        port, _ = self.serve(standard_tls())
+        context = client_context("other.example.com", ca_path(), "required")
+        yield self.assertFailure(
+            self.mtqp_connect(port, "required", HOST, context), client.ClientError
+        )
+
+    @defer.inlineCallbacks
+    def test_required_without_starttls_offered(self) -> Any:
+        port, _ = self.serve(None)
+        yield self.assertFailure(self.mtqp_connect(port, "required"), client.TLSRequiredError)
+
+    @defer.inlineCallbacks
+    def test_opportunistic_encrypts_without_verifying(self) -> Any:
+        rogue = certs.new_authority("Self-made CA").issue([HOST])
+        port, _ = self.serve(ServerTLS.from_files([rogue.pair]))
+        context = client_context(HOST, None, "opportunistic")
+        proto = yield self.mtqp_connect(port, "opportunistic", HOST, context)
+        self.assertTrue(proto.info.tls)
+        self.assertEqual(observation_from_info(proto.info).cert_sha256, rogue.sha256)
+        yield proto.quit()
+
+    @defer.inlineCallbacks
+    def test_opportunistic_goes_on_in_the_clear_when_refused(self) -> Any:
+        port, _ = self.serve(standard_tls())
+        name = "unknown.example.com"
+        proto = yield self.mtqp_connect(
+            port, "opportunistic", name, client_context(name, None, "opportunistic")
+        )
+        self.assertFalse(proto.info.tls)
+        answer = yield proto.track(ENVID, SECRET)
+        self.assertEqual(answer.outcome, Outcome.OK)
+        yield proto.quit()
+
+    @defer.inlineCallbacks
+    def test_bytes_between_starttls_answer_and_handshake_are_discarded(self) -> Any:
+        served = load_certificate(*certs.issue(["evil.example.com"]).pair)
+        servers: list[_InjectingServer] = []
+
+        def build() -> _InjectingServer:
+            servers.append(_InjectingServer(served.options))
+            return servers[-1]
+
+        listening = reactor.listenTCP(0, Factory.forProtocol(build), interface="127.0.0.1")
+        self.ports.append(listening)
+        port = listening.getHost().port
+        context = client_context("evil.example.com", ca_path(), "required")
+        proto = yield self.mtqp_connect(port, "required", "evil.example.com", context)
+        self.assertTrue(proto.info.tls)
+        answer = yield proto.track(ENVID, SECRET)
+        self.assertEqual(answer.reasons, ("genuine",), "the forged -ERR was not taken")
+        yield proto.quit()
+        yield servers[0].gone
+
+
+class TofuTests(LoopbackCase):
+    """Section 11's alarms from real sessions: the same server name, three different servers."""
+
+    @defer.inlineCallbacks
+    def observe(self, cache: TofuCache, port: int) -> Any:
+        context = client_context(HOST, None, "opportunistic")
+        proto = yield self.mtqp_connect(port, "opportunistic", HOST, context)
+        seen = observation_from_info(proto.info)
+        yield proto.quit()
+        return cache.observe(HOST, 1038, seen)
+
+    @defer.inlineCallbacks
+    def test_stripped_starttls_and_changed_certificate_alarm(self) -> Any:
+        cache = TofuCache(os.path.join(self.mktemp(), "servers.json"))
+        genuine, _ = self.serve(standard_tls())
+        impostor, _ = self.serve(
+            ServerTLS.from_files([certs.new_authority("Impostor CA").issue([HOST]).pair])
+        )
+        stripped, _ = self.serve(None)
+
+        self.assertEqual((yield self.observe(cache, genuine)), [], "first use")
+        self.assertEqual((yield self.observe(cache, genuine)), [], "same again")
+        warnings = yield self.observe(cache, impostor)
+        self.assertIn("different TLS certificate", warnings[0])
+        warnings = yield self.observe(cache, stripped)
+        self.assertIn("STARTTLS", warnings[0])
+        self.assertEqual(
+            cache.get(HOST, 1038), Observation(True, leaf_com().sha256), "alarms change nothing"
+        )
+
+
+class GatewayTLSTests(LoopbackCase):
+    """The chaining gateway (mtqpgw.chain) talking STARTTLS to a real inner server."""
+
+    INNER = "inner.corp.example.com"
+
+    def gateway(self, inner: Any) -> Any:
+        from mtqpgw.chain import ChainingTracker
+        from mtqpgw.config import ChainConfig
+        from mtqpgw.rewrite import Rewriter
+
+        chain = ChainConfig(deadline=20, fanout=True, inner=(inner,))
+        tracker = ChainingTracker(
+            FakeTracker(Answer.noinfo()), chain, Rewriter(), "gw.example.com", reactor
+        )
+        self.pools.append(tracker.pool)
+        return tracker
+
+    def inner_host(self, port: int, tls: str, cafile: str | None) -> Any:
+        from mtqpgw.config import InnerHost
+
+        return InnerHost(self.INNER, "127.0.0.1", port, tls, cafile)
+
+    def serve_inner(self, authority: certs.Authority | None = None) -> tuple[int, FakeTracker]:
+        leaf = (authority or certs.default_ca()).issue([self.INNER])
+        tracker = FakeTracker(found(self.INNER))
+        port, _ = self.serve(ServerTLS.from_files([leaf.pair]), tracker, hostname=self.INNER)
+        return port, tracker
+
+    @defer.inlineCallbacks
+    def test_required_with_a_verified_certificate(self) -> Any:
+        port, inner = self.serve_inner()
+        gateway = self.gateway(self.inner_host(port, "required", ca_path()))
+        answer = yield gateway.track(ENVID, SECRET)
+        self.assertEqual(answer.outcome, Outcome.OK)
+        self.assertEqual([p.reporting_mta for p in answer.parts], [f"dns; {self.INNER}"])
+        self.assertEqual(inner.calls, [(ENVID, SECRET, True)], "the inner session was TLS")
+
+    @defer.inlineCallbacks
+    def test_required_with_a_wrong_certificate_costs_that_host_only(self) -> Any:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        port, inner = self.serve_inner(certs.new_authority("Rogue CA"))
+        gateway = self.gateway(self.inner_host(port, "required", ca_path()))
+        answer = yield gateway.track(ENVID, SECRET)
+        self.assertEqual(answer, Answer.noinfo(), "the gateway's own answer, nothing more")
+        self.assertEqual(inner.calls, [], "the secret never reached the impostor")
+        (failed,) = [e for e in events if e.get("host") == self.INNER and "error" in e]
+        self.assertIn("certificate", failed["error"].lower(), "logged with the TLS reason")
+        self.assertNotIn(SECRET, formatEvent(failed))
+
+    @defer.inlineCallbacks
+    def test_secure_client_gets_tls_towards_an_inner_host_that_offers_it(self) -> Any:
+        port, inner = self.serve_inner()
+        gateway = self.gateway(self.inner_host(port, "off", None))
+        yield gateway.track(ENVID, SECRET, secure=False)
+        yield gateway.track(ENVID, SECRET, secure=True)
+        self.assertEqual([c[2] for c in inner.calls], [False, True])
