@@ -1026,3 +1026,72 @@ class GatewayTLSTests(LoopbackCase):
         yield gateway.track(ENVID, SECRET, secure=False)
         yield gateway.track(ENVID, SECRET, secure=True)
         self.assertEqual([c[2] for c in inner.calls], [False, True])
+
+
+def old_tls_server(listener: socket.socket, context: ssl.SSLContext, sessions: int) -> list[str]:
+    """Runs in a thread: an MTQP server whose TLS stops at 1.1; what each handshake gave."""
+    outcomes = []
+    for _ in range(sessions):
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10)
+            conn.sendall(wire.greeting("old.example.com", ["STARTTLS"]).to_bytes())
+            _BlockingLines(conn).line()
+            conn.sendall(b"+OK Begin TLS negotiation\r\n")
+            try:
+                tls = context.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError) as e:
+                outcomes.append(f"refused {getattr(e, 'reason', None) or e}")
+                continue
+            with tls:
+                outcomes.append(str(tls.version()))
+                tls.sendall(wire.greeting("old.example.com").to_bytes())
+    return outcomes
+
+
+class ClientMinimumVersionTests(LoopbackCase):
+    @defer.inlineCallbacks
+    def test_client_contexts_refuse_a_tls_1_1_server(self) -> Any:
+        """Both client contexts (verifying, encrypt-only) insist on TLS 1.2 or later.
+
+        A stdlib server limited to TLS 1.1 first shows, with a stdlib TLS 1.1
+        client, that this machine can speak 1.1 at all; then mtqpgw's clients
+        must fail against it.
+        """
+        name = "old.example.com"
+        leaf = certs.issue([name])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            old = ssl.TLSVersion.TLSv1_1
+        server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_context.load_cert_chain(leaf.cert, leaf.key)
+        peer_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        peer_context.check_hostname = False
+        peer_context.verify_mode = ssl.CERT_NONE
+        try:
+            for context in (server_context, peer_context):
+                context.minimum_version = context.maximum_version = old
+                context.set_ciphers("DEFAULT:@SECLEVEL=0")
+        except (ValueError, ssl.SSLError) as e:
+            raise SkipTest(f"this Python's ssl cannot be limited to TLS 1.1: {e}") from None
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.settimeout(10)
+        self.addCleanup(listener.close)
+        port = listener.getsockname()[1]
+        serving = threads.deferToThread(old_tls_server, listener, server_context, 3)
+
+        control = yield threads.deferToThread(stdlib_session, port, name, peer_context)
+        for context in (
+            client_context(name, ca_path(), "required"),
+            client_context(name, None, "opportunistic"),
+        ):
+            yield self.assertFailure(
+                client.connect(reactor, self.endpoint(port), "required", name, context),
+                client.ClientError,
+            )
+        outcomes = yield serving
+        if "handshake_error" in control:
+            raise SkipTest(f"the local OpenSSL cannot speak TLS 1.1: {control['handshake_error']}")
+        self.assertEqual(outcomes[0], "TLSv1.1", "the control handshake")
+        for outcome in outcomes[1:]:
+            self.assertTrue(outcome.startswith("refused"), outcomes)
