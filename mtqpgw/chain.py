@@ -221,9 +221,16 @@ class _Query:
         self.local_d = None
         if self.finished or self.expired:
             return
+        try:
+            self._start_inner(answer)
+        except Exception:
+            # A bug must not leave the client waiting for the deadline.
+            self._local_failed(Failure())
+
+    def _start_inner(self, answer: Answer) -> None:
         self.local_answer = answer
         tracker = self.tracker
-        if answer.outcome is Outcome.OK and not is_failed_lookup(answer):
+        if answer.outcome is Outcome.OK and answer.parts and not is_failed_lookup(answer):
             self.local_part = answer.parts[0]
             targets = tracker.targets_for(answer.parts)
         elif is_failed_lookup(answer) and tracker.fanout:
@@ -294,7 +301,14 @@ class _Query:
             return
         if answer.outcome is Outcome.OK and answer.parts and not is_failed_lookup(answer):
             self.results.append((depth, order, answer.parts))
-            self._launch(self.tracker.targets_for(answer.parts), depth + 1)
+            try:
+                self._launch(self.tracker.targets_for(answer.parts), depth + 1)
+            except Exception:
+                log.failure(
+                    "TRACK {envid}: following {host}'s referrals failed",
+                    envid=self.envid,
+                    host=name,
+                )
         elif answer.outcome is Outcome.OK or answer.outcome is Outcome.NOINFO:
             log.debug("TRACK {envid}: {host} knows nothing", envid=self.envid, host=name)
         else:

@@ -526,6 +526,18 @@ class UnknownTests(ChainTestCase):
         self.flushLoggedErrors(RuntimeError)
 
 
+class RobustnessTests(ChainTestCase):
+    def test_a_bug_does_not_leave_the_client_waiting(self) -> None:
+        class Odd:
+            def track(self, envid: str, secret: str, secure: bool = False) -> Any:
+                return defer.succeed(Answer.found([object()]))  # type: ignore[list-item]
+
+        chain = ChainConfig(deadline=self.deadline, inner=inner_hosts("a.corp"))
+        tracker = ChainingTracker(Odd(), chain, Rewriter(), GATEWAY, self.clock, self.pool)
+        self.failureResultOf(tracker.track(ENVID, SECRET_B64), AttributeError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
 class InnerFailureTests(ChainTestCase):
     def setUp(self) -> None:
         super().setUp()

@@ -52,6 +52,10 @@ BAD_HOSTS: dict[str, tuple[type[fakes.FakeMTQPServer], dict[str, Any]]] = {
 }
 
 
+# An inner host whose port has nobody listening: connection refused.
+REFUSED = "refused.corp.example.com"
+
+
 def stored(part: TrackingStatus, secret: str = SECRET_B64) -> StoredMessage:
     return StoredMessage(
         envid=part.original_envelope_id,
@@ -90,7 +94,7 @@ GATEWAY_CHAIN_PART = chain_part(
     block("a@example1.com", Action.RELAYED, "mx1.corp.example.com"),
     *(
         block(f"{name.split('.')[0]}@example1.com", Action.RELAYED, name)
-        for name in sorted(BAD_HOSTS)
+        for name in [*sorted(BAD_HOSTS), REFUSED]
     ),
     block("z@example1.com", Action.RELAYED, "not-configured.example.net"),
 )
@@ -300,7 +304,7 @@ class SeedExampleTests(TestCase):
 
 
 class MisbehavingInnerHostTests(TestCase):
-    """Good hosts two deep, and nine bad ones: the answer comes at the deadline with the good data."""
+    """Good hosts two deep and ten bad ones: the answer comes at the deadline with the good data."""
 
     timeout = 20
 
@@ -310,7 +314,12 @@ class MisbehavingInnerHostTests(TestCase):
         mx2, _ = await self.net.inner_server("mx2.corp.example.com", MX2_CHAIN_PART)
         smtp3, _ = await self.net.inner_server("smtp.example3.com", EXAMPLES[10].parts[1])
         self.bad = {name: self.net.fake_server(name) for name in sorted(BAD_HOSTS)}
-        self.inner = (mx1, mx2, smtp3, *(host for host, _ in self.bad.values()))
+        closed = reactor.listenTCP(
+            0, fakes.FakeServerFactory(fakes.HangServer), interface="127.0.0.1"
+        )
+        refused = InnerHost(REFUSED, "127.0.0.1", closed.getHost().port, "off")
+        await closed.stopListening()
+        self.inner = (mx1, mx2, smtp3, refused, *(host for host, _ in self.bad.values()))
         self.port, self.pool, _ = await self.net.gateway(
             self.inner, GATEWAY_CHAIN_PART, EXAMPLES[10].parts[0]
         )
@@ -331,8 +340,8 @@ class MisbehavingInnerHostTests(TestCase):
         for name, (_, factory) in self.bad.items():
             await factory.when_all_closed()
             self.assertEqual(factory.lost, 1, name)
-        for name, (host, _) in self.bad.items():
-            self.assertEqual(self.pool.stats(host)["open"], 0, name)
+        for host in self.inner[3:]:
+            self.assertEqual(self.pool.stats(host)["open"], 0, host.name)
         endless = self.bad["endless.corp.example.com"][1]
         self.assertLess(endless.octets_sent, 64 * 1024 * 1024, "the endless body was cut off")
 
