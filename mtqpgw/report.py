@@ -9,8 +9,9 @@ the JSON of interface.md section 4.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
-import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -66,18 +67,23 @@ _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]
 _PART_HEADER = b"Content-Type: " + PART_TYPE.encode()
 
 
-def _new_boundary() -> str:
-    # 128 random bits (token_urlsafe: only ALPHA, DIGIT, "-" and "_", all
-    # bchars); the prefix makes it recognisable in a capture.
-    return "mtqp-" + secrets.token_urlsafe(16)
+def _content_boundary(blob: bytes, attempt: int) -> str:
+    # Derived from the content, not random: the same parts always give the
+    # same octets, so an answer for an unknown envelope id and for a wrong
+    # secret are byte-identical (nothing leaks through the boundary), and
+    # answers are reproducible in captures.  128 bits of SHA-256 in
+    # base64url (only ALPHA, DIGIT, "-" and "_", all bchars); the prefix
+    # makes it recognisable.
+    digest = hashlib.sha256(b"%d\n" % attempt + blob).digest()[:16]
+    return "mtqp-" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 def build_report(parts: Sequence[TrackingStatus], boundary: str | None = None) -> list[bytes]:
     """The MIME lines of a TRACK answer holding *parts*, in order.
 
-    Lines are bytes without CRLF and not dot-stuffed.  With no *boundary* a
-    random one is made, and made again in the (astronomically unlikely)
-    case that it occurs anywhere in the parts.  Raises ValueError for no
+    Lines are bytes without CRLF and not dot-stuffed.  With no *boundary*
+    one is derived from the parts' content, and derived again in the
+    (astronomically unlikely) case that it occurs anywhere in them.  Raises ValueError for no
     parts (RFC 2046 wants at least one body part), for a given *boundary*
     that RFC 2046 does not allow or that occurs in a part, and for a part
     that ``serialise_tracking_status`` refuses.
@@ -89,9 +95,11 @@ def build_report(parts: Sequence[TrackingStatus], boundary: str | None = None) -
     # stricter than RFC 2046 needs (a delimiter must start a line).
     blob = b"\n".join(b"\n".join(body) for body in bodies)
     if boundary is None:
-        boundary = _new_boundary()
+        attempt = 0
+        boundary = _content_boundary(blob, attempt)
         while boundary.encode() in blob:
-            boundary = _new_boundary()
+            attempt += 1
+            boundary = _content_boundary(blob, attempt)
     elif not _BOUNDARY.fullmatch(boundary):
         raise ValueError(f"{boundary!r} is not a MIME boundary (RFC 2046 section 5.1.1)")
     elif boundary.encode() in blob:

@@ -31,7 +31,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         try:
             if self["config"]:
-                self.config = load_config(self["config"])
+                self.config = load_config(self["config"], default_hostname=socket.getfqdn())
             else:
                 self.config = default_config(default_hostname=socket.getfqdn())
         except ConfigError as e:

@@ -170,19 +170,30 @@ class BuildReportTests(SynchronousTestCase):
             ],
         )
 
-    def test_random_boundary(self) -> None:
+    def test_boundary_follows_content(self) -> None:
+        # Same parts, same octets (so unknown envid and wrong secret cannot be
+        # told apart by the boundary); other parts, another boundary.
         first, second = build_report([_PART])[0], build_report([_PART])[0]
-        self.assertNotEqual(first, second)
+        self.assertEqual(first, second)
+        other = build_report([_PART.evolve(reporting_mta="dns; example3.com")])[0]
+        self.assertNotEqual(first, other)
         self.assertTrue(first.startswith(b'Content-Type: multipart/related; boundary="mtqp-'))
 
     def test_boundary_never_in_a_part(self) -> None:
-        # The generator is retried until its token occurs in no part.
+        # The derivation is retried until its token occurs in no part.  A
+        # part cannot contain its own hash, so the first try is forced.
         part = _PART.evolve(extensions=(("X-Trap", "mtqp-first"),))
-        tokens = iter(["mtqp-first", "mtqp-second"])
-        with mock.patch.object(report, "_new_boundary", lambda: next(tokens)):
+        real = report._content_boundary
+
+        def first_collides(blob: bytes, attempt: int) -> str:
+            return "mtqp-first" if attempt == 0 else real(blob, attempt)
+
+        with mock.patch.object(report, "_content_boundary", first_collides):
             lines = build_report([part])
-        self.assertIn(b'boundary="mtqp-second"', lines[0])
-        self.assertEqual(lines[-1], b"--mtqp-second--")
+        boundary = lines[0].split(b'"')[1]
+        self.assertNotEqual(boundary, b"mtqp-first")
+        self.assertTrue(boundary.startswith(b"mtqp-"))
+        self.assertEqual(lines[-1], b"--" + boundary + b"--")
         # A boundary given by the caller is checked, not retried.
         self.assertRaises(ValueError, build_report, [part], boundary="mtqp-first")
 
