@@ -329,6 +329,16 @@ class FakeTracker:
         return defer.succeed(self.answer)
 
 
+class LaterTracker(FakeTracker):
+    """Answers on the next reactor turn, so a TRACK is really in flight for a while."""
+
+    def track(self, envid: str, secret: str, secure: bool = False) -> defer.Deferred[Answer]:
+        self.calls.append((envid, secret, secure))
+        d: defer.Deferred[Answer] = defer.Deferred()
+        reactor.callLater(0, d.callback, self.answer)
+        return d
+
+
 class _WatchedServer(MTQPServer):
     def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason)
@@ -598,6 +608,29 @@ class ServerSTARTTLSTests(LoopbackCase):
         self.assertEqual(answer.indicator, wire.Indicator.OK)
         self.assertEqual(tracker.calls, [], "the injected TRACK was not executed")
         self.assertEqual(len(proto.responses), 0)
+
+    @defer.inlineCallbacks
+    def test_starttls_behind_a_track_in_flight(self) -> Any:
+        """TRACK, STARTTLS, TRACK in one write while the first TRACK is still being answered.
+
+        The first is answered in the clear, then STARTTLS; the third, sent
+        in the clear after STARTTLS, is dropped.
+        """
+        tracker = LaterTracker()
+        port, _ = self.serve(standard_tls(), tracker)
+        proto, _ = yield self.open(port)
+        third = wire.track_line("third@example.com", SECRET)
+        proto.transport.write(TRACK + wire.starttls_line(HOST) + third)
+        first = yield proto.next_response()
+        self.assertEqual(first.indicator, wire.Indicator.OK_MULTI)
+        ok = yield proto.next_response()
+        self.assertTrue(is_response(ok, wire.Indicator.OK), ok)
+        yield proto.start_tls(client_tls_context(HOST, ca_path(), verify=True))
+        greeting = yield proto.next_response()
+        self.assertTrue(greeting.has_reason("MTQP"))
+        answer = yield proto.ask(b"COMMENT inside\r\n")
+        self.assertEqual(answer.indicator, wire.Indicator.OK)
+        self.assertEqual([c[0] for c in tracker.calls], [ENVID])
 
     @defer.inlineCallbacks
     def test_refused_starttls_lets_the_rest_of_the_group_run(self) -> Any:
