@@ -7,9 +7,12 @@ L{IServerTLS}: whether STARTTLS is offered, which certificate answers
 handshake is good enough.  Every certificate is loaded and its context built
 once, at start-up; a file that does not load stops the start with one line.
 
-Client side, L{client_context} (the gateway, per inner host) and
-L{client_tls_context} (``mtqp track``) build connection creators for
-C{transport.startTLS}.  Everything is TLS 1.2 or later (RFC 8996).
+Client side, L{client_context} (by mode: ``mtqp track``),
+L{client_context_for_inner} (the gateway, per inner host) and
+L{client_tls_context} (by "verify or not") build connection creators for
+C{transport.startTLS}; one creator serves any number of connections, and
+L{client_context} hands out the same one for the same arguments.  Everything
+is TLS 1.2 or later (RFC 8996).
 
 The trade-off in opportunistic mode: with no CA file to check against, the
 client encrypts but does not verify who it talks to.  That defeats passive
