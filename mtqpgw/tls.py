@@ -48,6 +48,7 @@ from twisted.internet.ssl import (
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mtqpgw.config import ConfigError
 from mtqpgw.interfaces import IServerTLS
 from mtqpgw.tofu import certificate_sha256
 
@@ -76,8 +77,11 @@ MIN_CIPHER_BITS = 128
 _MODES = ("off", "opportunistic", "required")
 
 
-class TLSConfigError(ValueError):
-    """A certificate, key or CA file that cannot be used; ``str()`` is one line naming it."""
+class TLSConfigError(ConfigError, ValueError):
+    """A certificate, key or CA file that cannot be used; ``str()`` is one line naming it.
+
+    A L{ConfigError}, so the daemon's start-up refuses it in that one line.
+    """
 
 
 def _one_line(text: object) -> str:
@@ -292,7 +296,13 @@ class ServerTLS:
         required = getattr(tls_config, "required", False)
         if required is None:
             required = False
-        served = cls.from_files(pairs, required)
+        loaded = []
+        for index, (cert, key) in enumerate(pairs):
+            try:
+                loaded.append(load_certificate(cert, key))
+            except TLSConfigError as e:
+                raise TLSConfigError(e.message, f"tls.certificates[{index}]") from None
+        served = cls(loaded, required)
         for one in served.certificates:
             log.info(
                 "TLS certificate {path} serves {names}",

@@ -132,6 +132,14 @@ class LoadingTests(SynchronousTestCase):
         self.assertEqual(tls.required, ("example.com",))
         self.assertFalse(ServerTLS.from_config(SimpleNamespace(certificates=())).offered)
 
+    def test_from_config_names_the_key_for_the_daemon(self) -> None:
+        from mtqpgw.config import ConfigError
+
+        config = SimpleNamespace(certificates=(leaf_com().pair, (leaf_org().cert, "/nonexistent")))
+        e = self.assertRaises(TLSConfigError, ServerTLS.from_config, config)
+        self.assertIsInstance(e, ConfigError, "the daemon refuses ConfigErrors in one line")
+        self.assertTrue(str(e).startswith("tls.certificates[1]: /nonexistent: "), str(e))
+
     def _refused(self, cert: str, key: str) -> str:
         e = self.assertRaises(TLSConfigError, load_certificate, cert, key)
         self.assertIsInstance(e, ValueError)
