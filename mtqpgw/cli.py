@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("envid", nargs="?", help="envelope id (with --server)")
     track.add_argument("secret", nargs="?", help="base64 mtrk-secret as sent on the wire")
     track.add_argument("--server", metavar="HOST[:PORT]", help="server to ask")
-    track.add_argument("--tls", choices=("off", "opportunistic", "required"), default="opportunistic")
+    track.add_argument(
+        "--tls", choices=("off", "opportunistic", "required"), default="opportunistic"
+    )
     track.add_argument("--cafile", help="trust these CA certificates (PEM) for TLS")
     track.add_argument("--dns-server", metavar="IP[:PORT]", help="send DNS look-ups here")
     output = track.add_mutually_exclusive_group()
@@ -42,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--follow", action="store_true", help="follow the message hop by hop")
     track.add_argument("--max-hops", type=int, default=8, metavar="N")
     track.add_argument(
-        "--timeout", type=float, default=150.0, metavar="SECONDS",
+        "--timeout",
+        type=float,
+        default=150.0,
+        metavar="SECONDS",
         help="wait this long for an answer (default 150; RFC 3887 asks for at least 120)",
     )
     track.set_defaults(module="mtqpgw.trackcmd")
