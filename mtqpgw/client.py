@@ -128,10 +128,16 @@ class MTQPClientProtocol(LineReceiver):
     # -- connection --------------------------------------------------------
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        during_handshake = self._phase is _Phase.HANDSHAKE
         self._phase = _Phase.CLOSED
         why = ClientError("the server closed the connection")
         if reason is not None and not reason.check(error.ConnectionDone):
             why = ClientError(f"the connection was lost: {reason.getErrorMessage()}")
+        if during_handshake:
+            # Say what failed (a certificate that does not verify, an old
+            # protocol version); with TLS required that is TLSRequiredError.
+            kind = TLSRequiredError if self.tls_mode is TLSMode.REQUIRED else ClientError
+            why = kind(f"the TLS handshake failed: {_handshake_problem(reason)}")
         self._fail_all(why)
         if not self.closed.called:
             self.closed.callback(None)
@@ -280,6 +286,18 @@ class MTQPClientProtocol(LineReceiver):
     def idle(self) -> bool:
         """Ready and with nothing outstanding: a pool may reuse it."""
         return self._phase is _Phase.READY and not self._waiting
+
+
+def _handshake_problem(reason: Failure | None) -> str:
+    if reason is None or reason.check(error.ConnectionDone):
+        return "the server closed the connection"
+    # pyOpenSSL's errors carry a list of (library, function, reason) triples.
+    args = getattr(reason.value, "args", ())
+    if args and isinstance(args[0], list):
+        texts = [str(t[-1]) for t in args[0] if isinstance(t, tuple) and t and t[-1]]
+        if texts:
+            return "; ".join(texts)
+    return reason.getErrorMessage()
 
 
 def connect(
