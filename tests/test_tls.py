@@ -916,8 +916,10 @@ class ClientTLSTests(LoopbackCase):
         rogue = certs.new_authority("Rogue CA").issue([HOST])
         tracker = FakeTracker()
         port, factory = self.serve(ServerTLS.from_files([rogue.pair]), tracker)
-        failure = yield self.assertFailure(self.mtqp_connect(port, "required"), client.ClientError)
-        self.assertIn("certificate", str(failure).lower())
+        failure = yield self.assertFailure(
+            self.mtqp_connect(port, "required"), client.TLSRequiredError
+        )
+        self.assertEqual(str(failure), "the TLS handshake failed: certificate verify failed")
         self.assertEqual(tracker.calls, [], "nothing was asked")
         yield factory.gone[0]
 
@@ -926,9 +928,11 @@ class ClientTLSTests(LoopbackCase):
         """Chain fine, name wrong: service-identity's check fails the handshake."""
         port, _ = self.serve(standard_tls())
         context = client_context("other.example.com", ca_path(), "required")
-        yield self.assertFailure(
-            self.mtqp_connect(port, "required", HOST, context), client.ClientError
+        failure = yield self.assertFailure(
+            self.mtqp_connect(port, "required", HOST, context), client.TLSRequiredError
         )
+        self.assertIn("the TLS handshake failed", str(failure))
+        self.assertIn("mismatch", str(failure).lower(), "service-identity's name check")
 
     @defer.inlineCallbacks
     def test_required_without_starttls_offered(self) -> Any:
