@@ -137,12 +137,15 @@ def _dns_names(cert: x509.Certificate, cert_path: str) -> tuple[str, ...]:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         values: list[str] = []
+    except ValueError as e:
+        raise TLSConfigError(f"{cert_path}: unreadable extensions: {_one_line(e)}") from None
     else:
         values = san.value.get_values_for_type(x509.DNSName)
     names: list[str] = []
     for value in values:
         try:
-            pattern = DNSPattern.from_bytes(value.encode("utf-8"))
+            # A dNSName is IA5 (ASCII); IDNs appear as A-labels.
+            pattern = DNSPattern.from_bytes(value.encode("ascii"))
         except (PatternError, UnicodeError) as e:
             log.warn(
                 "{path}: ignoring subjectAltName {name!r}: {why}",
