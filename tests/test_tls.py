@@ -104,6 +104,10 @@ class LoadingTests(SynchronousTestCase):
         )
         self.assertIsNone(tls.context_for("not-used.example.com"))
 
+    def test_invalid_wildcards_are_skipped(self) -> None:
+        leaf = certs.issue(["*.com", "a.*.example.com", "*.*.example.com", "ok.example.com"])
+        self.assertEqual(load_certificate(*leaf.pair).names, ("ok.example.com",))
+
     def test_chain_file_keeps_intermediates(self) -> None:
         served = load_certificate(*leaf_wild().pair)
         self.assertEqual(served.names, ("*.example.net",))
