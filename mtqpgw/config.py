@@ -85,7 +85,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from typing import Any
 
-from mtqpgw.uri import DEFAULT_PORT, URIError, check_host
+from mtqpgw.uri import DEFAULT_PORT, URIError, check_host, is_ip_literal
 
 __all__ = [
     "ChainConfig",
@@ -437,17 +437,9 @@ def _host(value: str, key: str, *, names_only: bool = False) -> str:
         host = check_host(value)
     except URIError as e:
         raise ConfigError(str(e), key) from None
-    if names_only and _is_address(host):
+    if names_only and is_ip_literal(host):
         raise ConfigError(f"must be a host name, not an IP address, got {_describe(value)}", key)
     return host
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _path(value: str, key: str, base_dir: str) -> str:

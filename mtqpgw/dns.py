@@ -29,6 +29,8 @@ from twisted.names import dns as names_dns
 from twisted.names import error as names_error
 from twisted.python.failure import Failure
 
+from mtqpgw.uri import is_ip_literal, split_host_port
+
 __all__ = [
     "MTQP_PORT",
     "SRV_PREFIX",
@@ -93,15 +95,6 @@ class RandomSource(Protocol):
     """What ``srv_order`` needs of a random number generator (``random.Random`` fits)."""
 
     def randint(self, a: int, b: int) -> int: ...
-
-
-def is_ip_literal(host: str) -> bool:
-    """Whether *host* is an IPv4 or IPv6 address (no brackets) rather than a name."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _running_sum_index(records: Sequence[SRVRecord], draw: int) -> int:
@@ -274,25 +267,13 @@ def discover(
 
 def parse_dns_server(text: str) -> tuple[str, int]:
     """``"IP[:PORT]"`` (IPv6 as ``[::1]:53`` or bare ``::1``) -> ``(ip, port)``; ValueError if not."""
-    text = text.strip()
-    port_text: str | None = None
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"--dns-server: not IP[:PORT]: {text!r}")
-        port_text = rest[1:] if rest else None
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    else:
-        host = text
+    try:
+        host, port = split_host_port(text)
+    except ValueError as e:
+        raise ValueError(f"--dns-server: {e}") from None
     if not is_ip_literal(host):
         raise ValueError(f"--dns-server wants an IP address, got {host!r}")
-    port = 53
-    if port_text is not None:
-        if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-            raise ValueError(f"--dns-server: the port must be 1-65535, got {port_text!r}")
-        port = int(port_text)
-    return str(ipaddress.ip_address(host)), port
+    return str(ipaddress.ip_address(host)), 53 if port is None else port
 
 
 def make_resolver(dns_server: str | None, reactor: Any = None) -> Any:

@@ -12,7 +12,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from mtqpgw.config import Config, ConfigError, default_config, load_config
-from mtqpgw.server import MTQPServerFactory, ServerLimits
+from mtqpgw.server import MTQPServerFactory
 
 __all__ = ["Options", "build_service", "makeService"]
 
@@ -91,7 +91,7 @@ def build_service(config: Config, reactor: Any = None) -> tuple[service.MultiSer
         from mtqpgw.rewrite import Rewriter
 
         tracker = _RewritingTracker(tracker, Rewriter(config.rewrite))
-    factory = MTQPServerFactory(tracker, ServerLimits.from_config(config.server), tls, reactor)
+    factory = MTQPServerFactory(tracker, config.server, tls, reactor)
     for description in config.server.listen:
         strports.service(description, factory, reactor=reactor).setServiceParent(top)
     _AdminSignals(factory).setServiceParent(top)

@@ -38,7 +38,7 @@ from mtqpgw.report import GARBLED, answer_from_response, answer_to_json
 from mtqpgw.status import Answer, Outcome, RecipientStatus, TrackingStatus, address_of
 from mtqpgw.tls import TLSConfigError, client_context, load_ca_bundle
 from mtqpgw.tofu import TofuCache, observation_from_info
-from mtqpgw.uri import MTQPURI, URIError, check_host
+from mtqpgw.uri import MTQPURI, URIError, check_host, split_host_port
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -83,26 +83,11 @@ class TrackRequest:
 
 def parse_server(text: str) -> tuple[str, int | None]:
     """``HOST[:PORT]`` (IPv6 as ``[::1]:1038`` or bare ``::1``) -> ``(host, port or None)``."""
-    text = text.strip()
-    port_text: str | None = None
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise UsageError(f"--server: not HOST[:PORT]: {text!r}")
-        port_text = rest[1:] if rest else None
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    else:
-        host = text
     try:
-        host = check_host(host)
-    except URIError as e:
+        host, port = split_host_port(text)
+        return check_host(host), port
+    except ValueError as e:  # URIError is a ValueError
         raise UsageError(f"--server: {e}") from None
-    if port_text is None:
-        return host, None
-    if not (port_text.isascii() and port_text.isdigit() and 1 <= int(port_text) <= 65535):
-        raise UsageError(f"--server: the port must be a number from 1 to 65535, got {port_text!r}")
-    return host, int(port_text)
 
 
 def request_from_args(args: argparse.Namespace) -> TrackRequest:

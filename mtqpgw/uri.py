@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 from mtqpgw.certifier import decode_secret
 
-__all__ = ["DEFAULT_PORT", "MTQPURI", "URIError", "check_host"]
+__all__ = ["DEFAULT_PORT", "MTQPURI", "URIError", "check_host", "is_ip_literal", "split_host_port"]
 
 #: The IANA port of MTQP (RFC 3887 section 10).
 DEFAULT_PORT = 1038
@@ -109,6 +109,39 @@ def check_host(host: str) -> str:
             'letters, digits, "-" and "_", at most 63 characters each)'
         )
     return name.lower()
+
+
+def is_ip_literal(host: str) -> bool:
+    """Whether *host* is an IPv4 or IPv6 address (no brackets) rather than a name."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def split_host_port(text: str) -> tuple[str, int | None]:
+    """``HOST[:PORT]`` (IPv6 as ``[::1]:1038`` or bare ``::1``) -> ``(host, port or None)``.
+
+    Only the shape is checked here (the port is 1-65535); what the host must
+    be is the caller's business.  Raises ValueError with a short reason.
+    """
+    text = text.strip()
+    port_text: str | None = None
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"not HOST[:PORT]: {text!r}")
+        port_text = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host = text
+    if port_text is None:
+        return host, None
+    if not (port_text.isascii() and port_text.isdigit() and 1 <= int(port_text) <= 65535):
+        raise ValueError(f"the port must be a number from 1 to 65535, got {port_text!r}")
+    return host, int(port_text)
 
 
 def _check_port(port: object) -> int | None:
