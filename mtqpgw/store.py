@@ -522,14 +522,18 @@ class SQLiteStore:
         self._pool = pool
 
         def opened(_: object) -> None:
+            if self._pool is not pool:
+                # stop() came first: no purge timer for a closed store.
+                return
             log.info("Tracking store {path} open", path=self.path)
             loop = self._loop = LoopingCall(self._purge_tick)
             loop.clock = self._clock
             loop.start(self.purge_interval, now=False)
 
         def failed(failure: Failure) -> Failure:
-            self._pool = None
-            pool.close()
+            if self._pool is pool:
+                self._pool = None
+                pool.close()
             if not failure.check(StoreError):
                 error = StoreError(f"cannot open the tracking store {self.path}: {failure.value}")
                 return Failure(error)

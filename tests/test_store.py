@@ -518,6 +518,19 @@ class CheckAndServiceTests(StoreTestMixin, TestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
     @deferred_test
+    async def test_stop_while_starting_leaves_no_timer(self) -> None:
+        # A daemon stopped during start-up: the open finishes after stop()
+        # and must not start the purge timer of a closed store.
+        store, clock = self.make_store(purge_interval=60.0)
+        starting = store.start()
+        await store.stop()
+        try:
+            await starting
+        except StoreError:
+            pass
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    @deferred_test
     async def test_service_failure_logged(self) -> None:
         path = os.path.join(self.mktemp(), "store.sqlite3")
         events: list[dict[str, Any]] = []
