@@ -14,7 +14,7 @@ from twisted.python import usage
 from mtqpgw.config import Config, ConfigError, default_config, load_config
 from mtqpgw.server import MTQPServerFactory
 
-__all__ = ["Options", "build_service", "makeService"]
+__all__ = ["AdminSignals", "Options", "build_service", "makeService"]
 
 log = Logger()
 
@@ -40,19 +40,32 @@ class Options(usage.Options):
             raise SystemExit(f"mtqpgw: {where}: {e}") from None
 
 
-class _AdminSignals(service.Service):
-    """SIGUSR1 puts the server in administrative-down state; SIGUSR2 brings it back."""
+class AdminSignals(service.Service):
+    """SIGUSR1 puts the server in administrative-down state; SIGUSR2 brings it back.
+
+    Down: new sessions are greeted ``-TEMP/MTQP/admin`` and TRACK in open
+    sessions answers ``-TEMP/admin`` (RFC 3887 sections 3 and 4).
+    """
 
     def __init__(self, factory: MTQPServerFactory) -> None:
         self.factory = factory
+        self._previous: dict[int, Any] = {}
 
     def startService(self) -> None:
         super().startService()
         if hasattr(signal, "SIGUSR1"):
-            signal.signal(signal.SIGUSR1, lambda *_: self._set(True))
-            signal.signal(signal.SIGUSR2, lambda *_: self._set(False))
+            for signum, down in ((signal.SIGUSR1, True), (signal.SIGUSR2, False)):
+                self._previous[signum] = signal.signal(
+                    signum, lambda *_, down=down: self.set_admin_down(down)
+                )
 
-    def _set(self, down: bool) -> None:
+    def stopService(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+        return super().stopService()
+
+    def set_admin_down(self, down: bool) -> None:
         self.factory.admin_down = down
         log.warn("Administrative state: {state}", state="down" if down else "up")
 
@@ -94,7 +107,7 @@ def build_service(config: Config, reactor: Any = None) -> tuple[service.MultiSer
     factory = MTQPServerFactory(tracker, config.server, tls, reactor)
     for description in config.server.listen:
         strports.service(description, factory, reactor=reactor).setServiceParent(top)
-    _AdminSignals(factory).setServiceParent(top)
+    AdminSignals(factory).setServiceParent(top)
     return top, factory
 
 

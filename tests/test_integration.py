@@ -261,3 +261,32 @@ class TwistdTests(SynchronousTestCase):
         self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
         self.assertIn("store.path", result.stderr)
         self.assertIn("/nonexistent-dir", result.stderr)
+
+
+class AdminStateTests(TestCase):
+    """SIGUSR1 and SIGUSR2 switch a running daemon's administrative state."""
+
+    def test_signals_switch_admin_state(self) -> None:
+        import signal
+
+        from mtqpgw.config import parse_config
+        from mtqpgw.tap import build_service
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config = parse_config(
+            {"server": {"listen": "tcp:0:interface=127.0.0.1"}, "store": {"path": ":memory:"}},
+            directory,
+        )
+        before = signal.getsignal(signal.SIGUSR1)
+        top, factory = build_service(config)
+        top.startService()
+        try:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            self.assertTrue(factory.admin_down)
+            os.kill(os.getpid(), signal.SIGUSR2)
+            self.assertFalse(factory.admin_down)
+        finally:
+            stopped = top.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGUSR1), before, "handlers restored on stop")
+        return stopped
