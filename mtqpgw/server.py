@@ -39,6 +39,11 @@ log = Logger()
 QUEUE_HIGH = 64
 QUEUE_LOW = QUEUE_HIGH // 2
 
+# Seconds a connection the server closed may take to flush its last answers
+# before it is aborted: a client that does not read would otherwise hold it,
+# and its place under max_connections, for ever.
+CLOSE_GRACE = 30.0
+
 
 # The protocol reads its limits straight from the validated [server] section;
 # tests build one with only the fields they care about.
@@ -69,6 +74,24 @@ def _response(indicator: wire.Indicator, reasons: tuple[str, ...], text: str) ->
 _TRACKING_UNAVAILABLE = wire.Response(
     wire.Indicator.TEMP, ("unavailable",), "Tracking temporarily unavailable"
 ).to_bytes()
+
+
+def _no_delay(transport: Any) -> None:
+    """Turn Nagle's algorithm off on a TCP transport (others are left alone).
+
+    Answers are written one by one as the store returns them, not in one
+    write per batch of pipelined commands.  With Nagle on, every answer after
+    the first of a pipelined group waits for the client to acknowledge the
+    one before, and a client waiting for the whole group delays that ACK
+    (40 ms on Linux): 4-deep pipelining ran at under 1,000 TRACK/s.
+    """
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is None:
+        return
+    try:
+        set_no_delay(True)
+    except OSError:
+        pass  # the connection is already gone; connectionLost follows
 
 
 @implementer(interfaces.IPushProducer)
@@ -110,12 +133,15 @@ class MTQPServer(LineReceiver, TimeoutMixin):
         self._commands = 0
         self._bad_commands = 0
         self._lifetime_call: Any = None
+        self._abort_call: Any = None
+        self._producer: _WriteBackPressure | None = None
         self.peer_host = "?"
 
     # -- connection ------------------------------------------------------
 
     def connectionMade(self) -> None:
         self.callLater = self.factory.clock.callLater
+        _no_delay(self.transport)
         peer = self.transport.getPeer()
         self.peer_host = getattr(peer, "host", "?")
         refusal = self.factory.admit(self)
@@ -123,7 +149,8 @@ class MTQPServer(LineReceiver, TimeoutMixin):
             self._close_with(refusal)
             return
         self._counted = True
-        self.transport.registerProducer(_WriteBackPressure(self), True)
+        self._producer = _WriteBackPressure(self)
+        self.transport.registerProducer(self._producer, True)
         self.setTimeout(self.factory.limits.idle_timeout)
         self._lifetime_call = self.callLater(
             self.factory.limits.max_connection_time, self._lifetime_exceeded
@@ -131,13 +158,13 @@ class MTQPServer(LineReceiver, TimeoutMixin):
         self._send_greeting()
         if self.factory.admin_down:
             self._state = _State.CLOSING
-            self.transport.loseConnection()
+            self._lose_connection()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self.setTimeout(None)
-        if self._lifetime_call is not None and self._lifetime_call.active():
-            self._lifetime_call.cancel()
-        self._lifetime_call = None
+        self._stop_timers()
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        self._abort_call = None
         self._state = _State.CLOSING
         self._queue.clear()
         if self._in_flight is not None:
@@ -154,11 +181,38 @@ class MTQPServer(LineReceiver, TimeoutMixin):
         )
         self.transport.write(greeting.to_bytes())
 
+    def _stop_timers(self) -> None:
+        self.setTimeout(None)
+        if self._lifetime_call is not None and self._lifetime_call.active():
+            self._lifetime_call.cancel()
+        self._lifetime_call = None
+
     def _close_with(self, line: bytes) -> None:
+        if self._state is _State.CLOSING:
+            return  # one closing line per session, not one per timer
         self._state = _State.CLOSING
         self._queue.clear()
         self.transport.write(line)
+        self._lose_connection()
+
+    def _lose_connection(self) -> None:
+        self._stop_timers()
+        # Twisted keeps a TCP connection open after loseConnection for as
+        # long as a producer is registered, so ours goes first.
+        if self._producer is not None:
+            self._producer = None
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
+        if self._abort_call is None:
+            self._abort_call = self.callLater(CLOSE_GRACE, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_call = None
+        log.info(
+            "Aborting the connection from {peer}: it did not read its last answers",
+            peer=self.peer_host,
+        )
+        self.transport.abortConnection()
 
     def timeoutConnection(self) -> None:
         log.info(
