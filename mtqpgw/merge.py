@@ -11,10 +11,11 @@ deeper hop comes later.  Two report modes (design.md, "Chaining", rule 5):
     MTA in the order given.  Parts from the same Reporting-MTA (compared as
     ``mta_name`` does: case-insensitive, no trailing dot) become one: the
     first one's per-message fields, gaps filled from later ones, the union of
-    their recipients.  A part that is the only one from its reporter, and an
-    inner part equal to the gateway's own, pass unchanged and are dropped
-    respectively.  The gateway's part is never merged with an inner part,
-    even one that names the same reporter.
+    their recipients (a later block replaces an earlier one for the same
+    recipient, in its place).  A part that is the only one from its reporter
+    passes unchanged; an inner part equal to the gateway's own is dropped.
+    The gateway's part is never merged with an inner part, even one that
+    names the same reporter.
 
 ``combined`` (seed example 11)
     One part: the gateway's per-message fields and, for each recipient, the

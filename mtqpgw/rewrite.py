@@ -36,7 +36,10 @@ What is rewritten:
 In free text, a candidate name is a run of letters, digits, ``-``, ``_`` and
 ``.`` that holds a letter, or an IPv4 or IPv6 address; ``550`` and ``5.1.1``
 never are.  Any candidate a rule matches is replaced, single labels included,
-so a rule must match only host names (``"re:.*"`` would eat every word).
+so a rule must match only host names (``"re:.*"`` would eat every word).  A
+candidate longer than 255 characters is no host name and is left alone;
+that also bounds the cost of a rule, but a regular expression with nested
+repetition (``"re:(a+)+b"``) is still the administrator's to avoid.
 
 Never rewritten: Original-Envelope-Id (the client's own key), Action, dates,
 field names, local parts of addresses.
@@ -76,6 +79,7 @@ class _Rule:
     addresses: bool
 
 
+_MAX_NAME = 255
 _IPV4 = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
 _LETTER = re.compile(r"[A-Za-z]")
 _SPACE = re.compile(r"\s")
@@ -123,7 +127,8 @@ def _subject(name: str) -> str:
 
 
 def _compile_glob(glob: str) -> re.Pattern[str]:
-    glob = _subject(glob)
+    # "**" is "*": collapsing them keeps the pattern from backtracking twice over.
+    glob = re.sub(r"\*+", "*", _subject(glob))
     pieces = [".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in glob]
     return re.compile("".join(pieces), re.IGNORECASE | re.DOTALL)
 
@@ -208,7 +213,9 @@ class Rewriter:
 
     def _rule_for(self, name: str) -> _Rule | None:
         subject = _subject(name)
-        if not subject:
+        # Nothing longer is a host name (RFC 1035: 253), and the cap bounds
+        # what a glob with several "*" or an admin's regex costs per token.
+        if not subject or len(subject) > _MAX_NAME:
             return None
         for rule in self._rules:
             if rule.pattern.fullmatch(subject):
