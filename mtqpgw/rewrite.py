@@ -53,6 +53,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from mtqpgw.config import compile_match
 from mtqpgw.status import Answer, RecipientStatus, TrackingStatus
 
 __all__ = ["Rewriter", "RuleLike"]
@@ -126,13 +127,6 @@ def _subject(name: str) -> str:
     return _without_ipv6_tag(subject).lower()
 
 
-def _compile_glob(glob: str) -> re.Pattern[str]:
-    # "**" is "*": collapsing them keeps the pattern from backtracking twice over.
-    glob = re.sub(r"\*+", "*", _subject(glob))
-    pieces = [".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in glob]
-    return re.compile("".join(pieces), re.IGNORECASE | re.DOTALL)
-
-
 def _compile(rule: RuleLike) -> _Rule:
     match, replacement = rule.match, rule.replace
     if not isinstance(match, str) or not match.strip():
@@ -147,17 +141,12 @@ def _compile(rule: RuleLike) -> _Rule:
             f"rewrite rule {match!r}: replace {replacement!r} is not a host name "
             "(empty, or holds white space or ';')"
         )
-    if match[:3].lower() == "re:":
-        if not match[3:]:
-            raise ValueError(f"rewrite rule {match!r} has an empty regular expression")
-        try:
-            pattern = re.compile(match[3:], re.IGNORECASE)
-        except re.error as exc:
-            raise ValueError(
-                f"rewrite rule {match!r} is not a valid regular expression: {exc}"
-            ) from None
-    else:
-        pattern = _compile_glob(match)
+    try:
+        # One reading of a match for the whole project: config.py checks the
+        # file with the same function.
+        pattern = compile_match(match)
+    except ValueError as exc:
+        raise ValueError(f"rewrite rule {match!r}: {exc}") from None
     return _Rule(match, pattern, replacement, bool(getattr(rule, "addresses", False)))
 
 

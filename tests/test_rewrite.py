@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from mtqpgw.config import RewriteRule
 from mtqpgw.merge import merge_hops
 from mtqpgw.rewrite import Rewriter
 from mtqpgw.status import Action, Answer, RecipientStatus, TrackingStatus
@@ -155,6 +156,16 @@ class RuleTests(SynchronousTestCase):
         with self.assertRaises(ValueError) as caught:
             Rewriter([Rule("re:[a-", "example.com")])
         self.assertIn("re:[a-", str(caught.exception))
+
+    def test_config_rules(self) -> None:
+        rw = Rewriter(
+            [
+                RewriteRule("*.corp.example.com", "example.com"),
+                RewriteRule("re:10\\..*", "example.com", addresses=True),
+            ]
+        )
+        self.assertEqual(rw.host("Mx1.Corp.Example.com."), "example.com")
+        self.assertEqual(rw.host("[10.1.2.3]"), "example.com")
 
     def test_no_rules_is_identity(self) -> None:
         ts = part(recipient(remote_mta="dns; smtp.corp.example.com"))
