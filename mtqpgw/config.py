@@ -98,6 +98,7 @@ __all__ = [
     "TLSConfig",
     "check_files",
     "compile_match",
+    "match_subject",
     "default_config",
     "load_config",
     "parse_config",
@@ -234,18 +235,18 @@ def compile_match(match: str) -> re.Pattern[str]:
             f'{_describe(match)} is not a host-name glob (letters, digits, "-", "_", ".", ":", '
             '"*" and "?"); write "re:..." for a regular expression'
         )
-    subject = _subject(match)
+    subject = match_subject(match)
     if not subject:
         raise ValueError(f"{_describe(match)} matches no host name")
     translated = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in subject)
     return re.compile(translated, re.IGNORECASE)
 
 
-def _subject(name: str) -> str:
+def match_subject(name: str) -> str:
     """A host name or literal as rules see it: no trailing dot, brackets or IPv6: tag.
 
-    The same normal form as ``mtqpgw.rewrite`` uses, so that a rule means one
-    thing whichever module applies it.
+    ``mtqpgw.rewrite`` matches with this same function, so that a rule means
+    one thing whichever module applies it.
     """
     subject = name.strip().rstrip(".")
     if subject.startswith("[") and subject.endswith("]"):
@@ -275,7 +276,7 @@ class RewriteRule:
     def matches(self, host: str) -> bool:
         """Whether ``host`` matches: a DNS name (trailing dot ignored) or an address
         literal (``[10.0.0.5]``, ``[IPv6:2001:db8::1]``: brackets and tag ignored)."""
-        return self.pattern.fullmatch(_subject(host)) is not None
+        return self.pattern.fullmatch(match_subject(host)) is not None
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from mtqpgw.config import compile_match
+from mtqpgw.config import compile_match, match_subject
 from mtqpgw.status import Answer, RecipientStatus, TrackingStatus
 
 __all__ = ["Rewriter", "RuleLike"]
@@ -120,11 +120,8 @@ def _without_ipv6_tag(text: str) -> str:
 
 
 def _subject(name: str) -> str:
-    """The form of a name that rules are matched against."""
-    subject = name.strip().rstrip(".")
-    if subject.startswith("[") and subject.endswith("]"):
-        subject = subject[1:-1].strip()
-    return _without_ipv6_tag(subject).lower()
+    """The form of a name that rules are matched against (lower-cased for the cache)."""
+    return match_subject(name).lower()
 
 
 def _compile(rule: RuleLike) -> _Rule:
