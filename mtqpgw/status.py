@@ -511,8 +511,16 @@ def _fold(line: bytes, value_start: int) -> list[bytes]:
 
 
 def _field_lines(name: str, value: str) -> list[bytes]:
-    name = _clean_name(name)
-    value = _clean_value(value)
+    return _clean_field_lines(_clean_name(name), _clean_value(value))
+
+
+def _clean_field_lines(name: str, value: str) -> list[bytes]:
+    """The lines of a field whose name and value are already clean.
+
+    The serialiser calls this directly for the RFC's own field names, which
+    need no cleaning, and for values it has cleaned anyway to check them:
+    a report is built for every TRACK, and cleaning twice showed in profiles.
+    """
     text = f"{name}: {value}" if value else f"{name}:"
     # errors="replace": a str from elsewhere may hold lone surrogates.
     line = text.encode("utf-8", "replace")
@@ -539,31 +547,34 @@ def serialise_tracking_status(ts: TrackingStatus) -> list[bytes]:
     out: list[bytes] = []
     for name, attr in _MESSAGE_FIELDS:
         value = getattr(ts, attr)
-        if attr in ("original_envelope_id", "reporting_mta") and not (
-            value and _clean_value(value)
-        ):
+        if value is not None:
+            value = _clean_value(value)
+        if not value and attr in ("original_envelope_id", "reporting_mta"):
             raise ValueError(f"a tracking-status needs {name}")
         if value is not None:
-            out += _field_lines(name, value)
+            out += _clean_field_lines(name, value)
     for name, value in ts.extensions:
         out += _field_lines(name, value)
     for rcpt in ts.recipients:
         out.append(b"")
-        action = Action(rcpt.action)
+        action = rcpt.action if isinstance(rcpt.action, Action) else Action(rcpt.action)
         final = rcpt.final_recipient or rcpt.original_recipient
-        if not (final and _clean_value(final)):
+        final = _clean_value(final) if final else final
+        if not final:
             raise ValueError("a per-recipient block needs Final-Recipient")
         for name, attr in _RECIPIENT_FIELDS:
             if attr == "final_recipient":
                 value: str | None = final
             elif attr == "action":
-                value = action.value
+                value = _clean_value(action.value)
             elif attr == "status":
                 value = (rcpt.status and _clean_value(rcpt.status)) or generic_status(action)
             else:
                 value = getattr(rcpt, attr)
-            if value is not None:
-                out += _field_lines(name, value)
+                if value is None:
+                    continue
+                value = _clean_value(value)
+            out += _clean_field_lines(name, value)
         for name, value in rcpt.extensions:
             out += _field_lines(name, value)
     return out
