@@ -416,6 +416,16 @@ def prepare_connection(connection: sqlite3.Connection, path: str) -> None:
     """
     try:
         cursor = connection.cursor()
+        # Before anything is written: a database of another program (tables,
+        # but no schema version of ours) is refused, never migrated into.
+        cursor.execute("PRAGMA user_version")
+        if cursor.fetchone()[0] == 0:
+            cursor.execute("SELECT count(*) FROM sqlite_master")
+            if cursor.fetchone()[0]:
+                raise StoreError(
+                    f"cannot open the tracking store {path}: it is another program's "
+                    "SQLite database (it has tables but no mtqpgw schema)"
+                )
         if not _is_memory(path):
             # WAL lets readers (TRACK look-ups) run while an import writes;
             # NORMAL durability is safe with WAL (a power cut may lose the
