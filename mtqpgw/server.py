@@ -28,7 +28,7 @@ from mtqpgw.config import ServerConfig
 from mtqpgw.interfaces import IServerTLS, ITracker
 from mtqpgw.report import response_for_answer
 from mtqpgw.status import Action, Answer, Outcome
-from mtqpgw.throttle import FailureThrottle
+from mtqpgw.throttle import FailureThrottle, client_key
 
 __all__ = ["MTQPServer", "MTQPServerFactory", "ServerLimits", "is_failed_lookup"]
 
@@ -352,6 +352,10 @@ class MTQPServer(LineReceiver, TimeoutMixin):
                 return
             self._write(item.response.to_bytes())
             return
+        if isinstance(item, wire.Quit):
+            # RFC 3887 section 7: QUIT MUST get a successful answer, limits or not.
+            self._close_with(_response(wire.Indicator.OK, (), "Goodbye"))
+            return
         self._commands += 1
         if self._commands > self.factory.limits.max_commands:
             self._close_with(
@@ -359,9 +363,6 @@ class MTQPServer(LineReceiver, TimeoutMixin):
                     wire.Indicator.ERR, ("limit",), "Too many commands on one connection, closing"
                 )
             )
-            return
-        if isinstance(item, wire.Quit):
-            self._close_with(_response(wire.Indicator.OK, (), "Goodbye"))
             return
         if self._state is _State.INSECURE:
             self._write(
@@ -435,8 +436,11 @@ class MTQPServer(LineReceiver, TimeoutMixin):
                 )
             )
             return
-        if factory.throttle.blocked(self.peer_host, factory.clock.seconds()):
-            log.info("TRACK from {peer} refused: too many failed TRACKs", peer=self.peer_host)
+        now = factory.clock.seconds()
+        if factory.throttle.blocked(self.peer_host, now):
+            # One log line when an address crosses the limit (below), not one
+            # per refused guess: refusals must not flood the log.
+            log.debug("TRACK from {peer} refused: too many failed TRACKs", peer=self.peer_host)
             self._write(
                 _response(
                     wire.Indicator.TEMP,
@@ -455,6 +459,16 @@ class MTQPServer(LineReceiver, TimeoutMixin):
                 )
             )
             return
+        # Counted as a failure now and forgiven if it finds its message, so
+        # that guesses run in parallel on several connections count too.
+        token = factory.throttle.record_failure(self.peer_host, now)
+        if factory.throttle.blocked(self.peer_host, now):
+            log.warn(
+                "Throttling TRACKs from {peer}: {n} failed within {window:g}s",
+                peer=self.peer_host,
+                n=factory.throttle.limit,
+                window=factory.throttle.window,
+            )
         started = time.monotonic()
         try:
             d = defer.maybeDeferred(
@@ -463,13 +477,13 @@ class MTQPServer(LineReceiver, TimeoutMixin):
         except Exception:  # maybeDeferred catches; this is belt and braces
             d = defer.fail()
         self._in_flight = d
-        d.addCallback(self._answer_ready, command.envid, started)
-        d.addErrback(self._track_failed, command.envid)
+        d.addCallback(self._answer_ready, command.envid, started, token)
+        d.addErrback(self._track_failed, command.envid, token)
         d.addBoth(self._track_done, d)
 
-    def _answer_ready(self, answer: Answer, envid: str, started: float) -> None:
-        if is_failed_lookup(answer):
-            self.factory.throttle.record_failure(self.peer_host, self.factory.clock.seconds())
+    def _answer_ready(self, answer: Answer, envid: str, started: float, token: Any) -> None:
+        if not is_failed_lookup(answer):
+            self.factory.throttle.forgive(token)
         log.info(
             "TRACK {envid} from {peer}: {outcome} in {duration:.3f}s",
             envid=envid,
@@ -479,9 +493,10 @@ class MTQPServer(LineReceiver, TimeoutMixin):
         )
         self._write(response_for_answer(answer).to_bytes())
 
-    def _track_failed(self, failure: Failure, envid: str) -> None:
+    def _track_failed(self, failure: Failure, envid: str, token: Any) -> None:
         if failure.check(defer.CancelledError) and self._state is _State.CLOSING:
-            return
+            return  # the client left mid-TRACK: its count stands
+        self.factory.throttle.forgive(token)  # our failure, not a wrong guess
         log.failure("TRACK {envid} from {peer} failed", failure, envid=envid, peer=self.peer_host)
         self._write(_TRACKING_UNAVAILABLE)
 
@@ -513,6 +528,8 @@ class MTQPServerFactory(ServerFactory):
         self.admin_down = False
         self.connections = 0
         self.per_address: dict[str, int] = {}
+        self._refused_since_log = 0
+        self._refusal_log_after = 0.0
         self.throttle = FailureThrottle(
             self.limits.max_failed_tracks,
             self.limits.failed_track_window,
@@ -527,28 +544,45 @@ class MTQPServerFactory(ServerFactory):
         limits = self.limits
         host = proto.peer_host
         if self.connections >= limits.max_connections:
-            log.warn("Refused {peer}: {n} connections already", peer=host, n=self.connections)
+            self._note_refusal(host, "the server is full")
             return _response(
                 wire.Indicator.TEMP,
                 ("MTQP", "unavailable"),
                 "Too many connections, try again later",
             )
-        if self.per_address.get(host, 0) >= limits.max_connections_per_address:
-            log.warn("Refused {peer}: too many connections from that address", peer=host)
+        key = client_key(host)
+        if self.per_address.get(key, 0) >= limits.max_connections_per_address:
+            self._note_refusal(host, "too many connections from that address")
             return _response(
                 wire.Indicator.TEMP,
                 ("MTQP", "unavailable"),
                 "Too many connections from your address, try again later",
             )
         self.connections += 1
-        self.per_address[host] = self.per_address.get(host, 0) + 1
+        self.per_address[key] = self.per_address.get(key, 0) + 1
         return None
+
+    def _note_refusal(self, host: str, why: str) -> None:
+        # A flood of connections must not become a flood of log lines: one
+        # warning, then at most one a minute with the count in between.
+        now = self.clock.seconds()
+        self._refused_since_log += 1
+        if now < self._refusal_log_after:
+            return
+        log.warn(
+            "Refused {count} connection(s) in the last minute; latest {peer}: {why}",
+            count=self._refused_since_log,
+            peer=host,
+            why=why,
+        )
+        self._refused_since_log = 0
+        self._refusal_log_after = now + 60.0
 
     def release(self, proto: MTQPServer) -> None:
         self.connections -= 1
-        host = proto.peer_host
-        left = self.per_address.get(host, 1) - 1
+        key = client_key(proto.peer_host)
+        left = self.per_address.get(key, 1) - 1
         if left > 0:
-            self.per_address[host] = left
+            self.per_address[key] = left
         else:
-            self.per_address.pop(host, None)
+            self.per_address.pop(key, None)

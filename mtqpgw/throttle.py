@@ -79,10 +79,16 @@ class FailureThrottle:
         stamps = self._recent(client_key(address), now)
         return stamps is not None and len(stamps) >= self.limit
 
-    def record_failure(self, address: str, now: float) -> None:
-        """Count one failed TRACK (unknown envelope id or wrong secret)."""
+    def record_failure(self, address: str, now: float) -> tuple[str, float] | None:
+        """Count one failed TRACK (unknown envelope id or wrong secret).
+
+        The server counts a TRACK when it starts, before the answer is known,
+        so that guesses run in parallel over several connections are counted
+        too; it hands the returned token to L{forgive} when the TRACK turns
+        out to have succeeded.  None for an exempt address.
+        """
         if self.is_exempt(address):
-            return
+            return None
         key = client_key(address)
         stamps = self._recent(key, now)
         if stamps is None:
@@ -91,6 +97,22 @@ class FailureThrottle:
         self._failures.move_to_end(key)
         while len(self._failures) > self.max_addresses:
             self._failures.popitem(last=False)
+        return key, now
+
+    def forgive(self, token: tuple[str, float] | None) -> None:
+        """Take back a count made by L{record_failure}: that TRACK found its message."""
+        if token is None:
+            return
+        key, stamp = token
+        stamps = self._failures.get(key)
+        if stamps is None:
+            return
+        try:
+            stamps.remove(stamp)
+        except ValueError:
+            return  # aged out, or pushed out by newer failures
+        if not stamps:
+            del self._failures[key]
 
     def __len__(self) -> int:
         return len(self._failures)

@@ -373,6 +373,47 @@ class LimitTests(ServerTestCase):
         self.assertEqual(lines[4:], [b""])
         self.assertTrue(transport.disconnecting)
 
+    def test_quit_succeeds_past_the_command_limit(self) -> None:
+        # RFC 3887 section 7: the server MUST answer QUIT successfully.
+        self.limits = ServerLimits(hostname=HOST, max_commands=2)
+        proto, transport = self.session()
+        proto.dataReceived(b"COMMENT\r\nCOMMENT\r\nQUIT\r\n")
+        lines = transport.value().split(b"\r\n")
+        self.assertEqual([x[:3] for x in lines[:3]], [b"+OK"] * 3, lines)
+        self.assertTrue(lines[2].startswith(b"+OK Goodbye"))
+
+    def test_per_address_limit_counts_ipv6_per_64(self) -> None:
+        # One host commonly holds a whole /64: counting per address would let
+        # it take every slot of the server.
+        from twisted.internet.address import IPv6Address
+
+        self.limits = ServerLimits(hostname=HOST, max_connections_per_address=2)
+        transports = []
+        for host in ("2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3"):
+            proto = self.factory().buildProtocol(IPv6Address("TCP", host, 40000))
+            transport = StringTransport(peerAddress=IPv6Address("TCP", host, 40000))
+            proto.makeConnection(transport)
+            transports.append(transport)
+        self.assertEqual(transports[0].value(), GREETING)
+        self.assertEqual(transports[1].value(), GREETING)
+        self.assertTrue(transports[2].value().startswith(b"-TEMP/MTQP/unavailable "))
+
+    def test_refusals_do_not_flood_the_log(self) -> None:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.limits = ServerLimits(hostname=HOST, max_connections_per_address=1)
+        self.session("192.0.2.1")
+        for _ in range(100):
+            self.connect("192.0.2.1")
+        refusals = [e for e in events if "Refused" in e.get("log_format", "")]
+        self.assertEqual(len(refusals), 1)
+        self.clock.advance(61)
+        self.connect("192.0.2.1")
+        refusals = [e for e in events if "Refused" in e.get("log_format", "")]
+        self.assertEqual(len(refusals), 2)
+        self.assertEqual(refusals[1]["count"], 100, "99 kept quiet, then the new one")
+
     def test_max_bad_commands(self) -> None:
         self.limits = ServerLimits(hostname=HOST, max_bad_commands=2)
         proto, transport = self.session()
@@ -427,6 +468,35 @@ class ThrottleTests(ServerTestCase):
         transport.clear()
         proto.dataReceived(TRACK)
         self.assertTrue(transport.value().startswith(b"+OK+"), "the window passed")
+
+    def test_parallel_guesses_are_counted(self) -> None:
+        # Guesses in flight on several connections count before they answer.
+        self.limits = ServerLimits(hostname=HOST, max_failed_tracks=3)
+        sessions = [self.session("192.0.2.1") for _ in range(5)]
+        for proto, _ in sessions:
+            proto.dataReceived(TRACK)
+        self.assertEqual(len(self.tracker.calls), 3, "the 4th and 5th were refused at once")
+        for _, transport in sessions[3:]:
+            self.assertTrue(transport.value().startswith(b"-TEMP/unavailable"))
+
+    def test_success_is_forgiven(self) -> None:
+        self.limits = ServerLimits(hostname=HOST, max_failed_tracks=2)
+        self.tracker.auto = FOUND
+        proto, transport = self.session("192.0.2.1")
+        proto.dataReceived(TRACK * 5)
+        self.assertEqual(transport.value().count(b"+OK+ Tracking"), 5)
+        self.assertEqual(len(self.factory().throttle), 0)
+
+    def test_throttling_logged_once(self) -> None:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.limits = ServerLimits(hostname=HOST, max_failed_tracks=2)
+        self.tracker.auto = Answer.noinfo()
+        proto, _ = self.session("192.0.2.1")
+        proto.dataReceived(TRACK * 50)
+        warned = [e for e in events if "Throttling" in e.get("log_format", "")]
+        self.assertEqual(len(warned), 1)
 
     def test_exempt_address(self) -> None:
         self.limits = ServerLimits(

@@ -47,6 +47,19 @@ class ThrottleTests(SynchronousTestCase):
             t.record_failure(f"198.51.{i // 256}.{i % 256}", 0)
         self.assertEqual(len(t), 100)
 
+    def test_forgive_takes_back_one_count(self) -> None:
+        t = FailureThrottle(limit=2, window=600)
+        t.record_failure("192.0.2.1", 0)
+        token = t.record_failure("192.0.2.1", 1)
+        self.assertTrue(t.blocked("192.0.2.1", 2))
+        t.forgive(token)
+        self.assertFalse(t.blocked("192.0.2.1", 2))
+        t.forgive(token)  # twice is harmless
+        t.forgive(None)  # exempt addresses get no token
+        self.assertIsNone(
+            FailureThrottle(1, 10, exempt=["192.0.2.0/24"]).record_failure("192.0.2.1", 0)
+        )
+
     def test_parse_networks(self) -> None:
         nets = parse_networks(["192.0.2.1", "10.0.0.0/8", "2001:db8::/32"])
         self.assertEqual([str(n) for n in nets], ["192.0.2.1/32", "10.0.0.0/8", "2001:db8::/32"])
