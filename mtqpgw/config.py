@@ -20,15 +20,13 @@ Decisions the contract leaves open, made here:
   ``tap.py`` passes ``socket.getfqdn()``.  ``server.hostname`` must be a host
   name, not an IP address: it goes into ``Reporting-MTA: dns; <hostname>``.
 - ``server.listen`` entries are checked against Twisted's endpoint syntax
-  without importing Twisted: the types ``tcp``, ``tcp6``, ``ssl``, ``unix``
-  and ``systemd``, their parameter names, and port numbers (0 = any free
-  port).  A bare port number ``"1038"`` means ``"tcp:1038"`` and is stored in
-  that form (Twisted itself no longer accepts the bare form).  File names in
-  them are paths in the file like any other: a relative UNIX socket or
-  ``ssl:`` key file is resolved against the file's directory and the string
-  rewritten in keyword form (``unix:address=/etc/mtqpgw/mtqp.sock``).
-  ``ssl:`` needs an explicit ``privateKey`` (Twisted's default, server.pem in
-  whatever the current directory is, is not a path in the file).
+  without importing Twisted: the types ``tcp``, ``tcp6``, ``unix`` and
+  ``systemd``, their parameter names, and port numbers (0 = any free port).
+  ``ssl:`` is refused: implicit TLS is not MTQP, whose clients ask for
+  STARTTLS.  A bare port number ``"1038"`` means ``"tcp:1038"`` and is
+  stored in that form (Twisted itself no longer accepts the bare form).  A
+  relative UNIX socket path is resolved against the file's directory and the
+  string rewritten in keyword form (``unix:address=/etc/mtqpgw/mtqp.sock``).
 - ``server.throttle_exempt`` entries become ``ipaddress`` networks; a plain
   address is a one-address network, and a network with host bits set
   (``10.0.0.5/24``) is refused as a likely typo.
@@ -64,8 +62,7 @@ Decisions the contract leaves open, made here:
   number (Python's ``bool`` is an ``int``; TOML's is not).
 - File existence: ``parse_config`` does not look; ``load_config`` does, by
   default (``check=False`` turns it off), through ``check_files``: every
-  certificate, key and cafile, and the key files of an ``ssl:`` endpoint,
-  must be a readable file; the directories of the store and of a UNIX
+  certificate, key and cafile must be a readable file; the directories of the store and of a UNIX
   socket must exist.  A config that passes ``mtqp check-config`` therefore
   does not stop the daemon later for a missing file.  Whether the files
   hold usable PEM is for the TLS code to find out.
@@ -153,6 +150,10 @@ class ServerConfig:
     max_failed_tracks: int = 10
     failed_track_window: float = 600.0
     throttle_exempt: tuple[IPNetwork, ...] = ()
+    # While this file exists the server is in administrative-down state
+    # (greeting -TEMP/MTQP/admin, TRACK -TEMP/admin): ``touch`` it for
+    # maintenance, remove it to come back.  None: never down.
+    admin_down_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -458,21 +459,6 @@ def _path(value: str, key: str, base_dir: str) -> str:
 _ENDPOINTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "tcp": (("port", "interface", "backlog"), ("port",)),
     "tcp6": (("port", "backlog", "interface"), ("port",)),
-    "ssl": (
-        (
-            "port",
-            "privateKey",
-            "certKey",
-            "sslmethod",
-            "interface",
-            "backlog",
-            "extraCertChain",
-            "dhParameters",
-        ),
-        # Twisted's default, server.pem in the current directory, is not a
-        # path in the file and so could not be resolved like the others.
-        ("port", "privateKey"),
-    ),
     "unix": (("address", "mode", "backlog", "lockfile"), ("address",)),
     "systemd": (("domain", "index", "name"), ("domain",)),
 }
@@ -480,7 +466,6 @@ _NUMBER = re.compile(r"[0-9]+")
 # Parameters that name files ("@" starts a Linux abstract socket name).
 _ENDPOINT_PATHS = {
     "unix": ("address",),
-    "ssl": ("privateKey", "certKey", "extraCertChain", "dhParameters"),
 }
 
 
@@ -537,7 +522,7 @@ def _endpoint_arguments(description: str) -> tuple[str, dict[str, str]]:
 def _check_endpoint(description: str, base_dir: str) -> str:
     """The endpoint string to use; ValueError saying why it cannot work.
 
-    Relative file names in it (a UNIX socket, TLS files of ``ssl:``) are
+    A relative file name in it (a UNIX socket) is
     resolved against ``base_dir`` like every other path in the file; the
     string is then rewritten in keyword form.
     """
@@ -592,6 +577,7 @@ _SERVER_KEYS = (
     "max_failed_tracks",
     "failed_track_window",
     "throttle_exempt",
+    "admin_down_file",
 )
 
 
@@ -616,6 +602,14 @@ def _server(data: object, base_dir: str, default_hostname: str) -> ServerConfig:
     for key, value in entries:
         if not isinstance(value, str):
             raise ConfigError(f"must be a string, got {_describe(value)}", key)
+        if value.strip().lower().startswith("ssl:"):
+            # Implicit TLS is not MTQP: clients speak plain MTQP and ask for
+            # STARTTLS (RFC 3887 section 6), which [tls] certificates enable.
+            raise ConfigError(
+                "ssl: endpoints are not MTQP; listen on tcp: and configure [tls] "
+                "certificates for STARTTLS",
+                key,
+            )
         try:
             endpoints.append(_check_endpoint(value, base_dir))
         except ValueError as e:
@@ -680,6 +674,11 @@ def _server(data: object, base_dir: str, default_hostname: str) -> ServerConfig:
         max_failed_tracks=t.integer("max_failed_tracks", defaults.max_failed_tracks),
         failed_track_window=t.seconds("failed_track_window", defaults.failed_track_window),
         throttle_exempt=tuple(exempt),
+        admin_down_file=(
+            _path(t.string("admin_down_file"), t.key("admin_down_file"), base_dir)
+            if t.has("admin_down_file")
+            else None
+        ),
     )
 
 
@@ -907,7 +906,7 @@ def load_config(
 def check_files(config: Config) -> None:
     """ConfigError unless every file the config names is there to be read.
 
-    Certificates, keys and cafiles (also those of ``ssl:`` endpoints) must be
+    Certificates, keys and cafiles must be
     readable regular files; the store file and UNIX sockets need not exist
     yet, but their directories must.  Whether the files hold usable PEM is
     for the TLS code to find.  This is the only I/O besides reading the
@@ -929,11 +928,7 @@ def check_files(config: Config) -> None:
             kind, given = _endpoint_arguments(description)
         except ValueError:
             continue  # not from parse_config, so not ours to judge here
-        if kind == "ssl":
-            for name in _ENDPOINT_PATHS["ssl"]:
-                if given.get(name):
-                    named.append((key, f"{name} file", given[name]))
-        elif kind == "unix" and not given.get("address", "@").startswith("@"):
+        if kind == "unix" and not given.get("address", "@").startswith("@"):
             directory = os.path.dirname(given["address"]) or "."
             if not os.path.isdir(directory):
                 raise ConfigError(f"the socket's directory does not exist: {directory}", key)
@@ -942,6 +937,12 @@ def check_files(config: Config) -> None:
             raise ConfigError(f"no such {what}: {path}", key)
         if not os.path.isfile(path) or not os.access(path, os.R_OK):
             raise ConfigError(f"not a readable {what}: {path}", key)
+    down_file = config.server.admin_down_file
+    if down_file is not None and not os.path.isdir(os.path.dirname(down_file) or "."):
+        raise ConfigError(
+            f"the directory does not exist: {os.path.dirname(down_file)}",
+            "server.admin_down_file",
+        )
     store = config.store.path
     if store != MEMORY_STORE:
         if os.path.isdir(store):

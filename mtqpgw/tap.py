@@ -3,18 +3,19 @@
 
 from __future__ import annotations
 
-import signal
+import os
 import socket
 from typing import Any
 
 from twisted.application import service, strports
+from twisted.internet import task
 from twisted.logger import Logger
 from twisted.python import usage
 
 from mtqpgw.config import Config, ConfigError, default_config, load_config
 from mtqpgw.server import MTQPServerFactory
 
-__all__ = ["AdminSignals", "Options", "build_service", "makeService"]
+__all__ = ["AdminDownFile", "Options", "build_service", "makeService"]
 
 log = Logger()
 
@@ -40,34 +41,44 @@ class Options(usage.Options):
             raise SystemExit(f"mtqpgw: {where}: {e}") from None
 
 
-class AdminSignals(service.Service):
-    """SIGUSR1 puts the server in administrative-down state; SIGUSR2 brings it back.
+class AdminDownFile(service.Service):
+    """Administrative-down state while ``[server] admin_down_file`` exists.
 
     Down: new sessions are greeted ``-TEMP/MTQP/admin`` and TRACK in open
-    sessions answers ``-TEMP/admin`` (RFC 3887 sections 3 and 4).
+    sessions answers ``-TEMP/admin`` (RFC 3887 sections 3 and 4).  A file,
+    not a signal: twistd already gives SIGUSR1 to log rotation, and a file
+    survives restarts and is visible to every operator.
     """
 
-    def __init__(self, factory: MTQPServerFactory) -> None:
+    interval = 2.0
+
+    def __init__(self, factory: MTQPServerFactory, path: str, clock: Any = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
         self.factory = factory
-        self._previous: dict[int, Any] = {}
+        self.path = path
+        self._loop = task.LoopingCall(self.check)
+        self._loop.clock = clock
 
     def startService(self) -> None:
         super().startService()
-        if hasattr(signal, "SIGUSR1"):
-            for signum, down in ((signal.SIGUSR1, True), (signal.SIGUSR2, False)):
-                self._previous[signum] = signal.signal(
-                    signum, lambda *_, down=down: self.set_admin_down(down)
-                )
+        self._loop.start(self.interval, now=True)
 
     def stopService(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
+        if self._loop.running:
+            self._loop.stop()
         return super().stopService()
 
-    def set_admin_down(self, down: bool) -> None:
-        self.factory.admin_down = down
-        log.warn("Administrative state: {state}", state="down" if down else "up")
+    def check(self) -> None:
+        down = os.path.exists(self.path)
+        if down != self.factory.admin_down:
+            self.factory.admin_down = down
+            log.warn(
+                "Administrative state: {state} ({path} {verb})",
+                state="down" if down else "up",
+                path=self.path,
+                verb="exists" if down else "is gone",
+            )
 
 
 def build_service(config: Config, reactor: Any = None) -> tuple[service.MultiService, Any]:
@@ -107,7 +118,8 @@ def build_service(config: Config, reactor: Any = None) -> tuple[service.MultiSer
     factory = MTQPServerFactory(tracker, config.server, tls, reactor)
     for description in config.server.listen:
         strports.service(description, factory, reactor=reactor).setServiceParent(top)
-    AdminSignals(factory).setServiceParent(top)
+    if config.server.admin_down_file is not None:
+        AdminDownFile(factory, config.server.admin_down_file, reactor).setServiceParent(top)
     return top, factory
 
 

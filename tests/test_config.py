@@ -199,8 +199,6 @@ class ValueTests(SynchronousTestCase):
             "tcp:1038:interface=127.0.0.1:backlog=5",
             "tcp:port=1038",
             "tcp6:1038",
-            "ssl:1038:privateKey=/etc/k.pem:certKey=/etc/c.pem",
-            "ssl:port=1038:privateKey=/etc/k.pem",
             "unix:/run/mtqp.sock:mode=600",
             "unix:@abstract",
             "systemd:domain=INET:index=0",
@@ -212,17 +210,13 @@ class ValueTests(SynchronousTestCase):
 
     def test_listen_relative_paths(self) -> None:
         # Paths inside endpoint strings are paths in the file, resolved the same way.
-        config = parse_config(
-            {"server": {"listen": ["unix:mtqp.sock:mode=600", "ssl:1038:privateKey=k\\:1.pem"]}},
-            BASE,
-        )
-        self.assertEqual(
-            config.server.listen,
-            (
-                "unix:address=/srv/mtqpgw/mtqp.sock:mode=600",
-                "ssl:port=1038:privateKey=/srv/mtqpgw/k\\:1.pem",
-            ),
-        )
+        config = parse_config({"server": {"listen": ["unix:mtqp.sock:mode=600"]}}, BASE)
+        self.assertEqual(config.server.listen, ("unix:address=/srv/mtqpgw/mtqp.sock:mode=600",))
+
+    def test_admin_down_file(self) -> None:
+        self.assertIsNone(parse_config({}, BASE).server.admin_down_file)
+        config = parse_config({"server": {"admin_down_file": "run/down"}}, BASE)
+        self.assertEqual(config.server.admin_down_file, "/srv/mtqpgw/run/down")
 
     def test_tls_required_forms(self) -> None:
         cert = '[tls]\ncertificates = [{cert = "c", key = "k"}]\n'
@@ -307,17 +301,17 @@ ERRORS = [
     (
         '[server]\nlisten = "TCP:1038"',
         'server.listen: "TCP:1038" is not a Twisted server endpoint: it must start with an '
-        "endpoint type (tcp, tcp6, ssl, unix, systemd) or be a port number",
+        "endpoint type (tcp, tcp6, unix, systemd) or be a port number",
     ),
     (
         '[server]\nlisten = ""',
         'server.listen: "" is not a Twisted server endpoint: it must start with an '
-        "endpoint type (tcp, tcp6, ssl, unix, systemd) or be a port number",
+        "endpoint type (tcp, tcp6, unix, systemd) or be a port number",
     ),
     (
         '[server]\nlisten = "port=1038"',
         'server.listen: "port=1038" is not a Twisted server endpoint: it must start with an '
-        "endpoint type (tcp, tcp6, ssl, unix, systemd) or be a port number",
+        "endpoint type (tcp, tcp6, unix, systemd) or be a port number",
     ),
     (
         '[server]\nlisten = "tcp:abc"',
@@ -360,9 +354,10 @@ ERRORS = [
         'must be a number, got "lots"',
     ),
     (
-        '[server]\nlisten = "ssl:1038"',
-        'server.listen: "ssl:1038" is not a Twisted server endpoint: ssl endpoints need a '
-        "privateKey parameter",
+        # Implicit TLS is not MTQP (review m1): STARTTLS is how MTQP gets TLS.
+        '[server]\nlisten = "ssl:1038:privateKey=k.pem"',
+        "server.listen: ssl: endpoints are not MTQP; listen on tcp: and configure [tls] "
+        "certificates for STARTTLS",
     ),
     (
         '[server]\nlisten = "unix:"',
@@ -894,16 +889,15 @@ class LoadTests(SynchronousTestCase):
             load_config(path.path)
         self.assertTrue(str(caught.exception).startswith("store.path: is a directory"))
 
-    def test_endpoint_files_must_exist(self) -> None:
-        path = self.write('[server]\nlisten = ["tcp:0", "ssl:0:privateKey=k.pem"]\n')
-        key = path.sibling("k.pem")
+    def test_admin_down_file_directory_must_exist(self) -> None:
+        path = self.write('[server]\nadmin_down_file = "run/down"\n')
         with self.assertRaises(ConfigError) as caught:
             load_config(path.path)
+        self.assertTrue(str(caught.exception).startswith("server.admin_down_file: "))
+        path.sibling("run").makedirs()
         self.assertEqual(
-            str(caught.exception), f"server.listen[1]: no such privateKey file: {key.path}"
+            load_config(path.path).server.admin_down_file, path.sibling("run").child("down").path
         )
-        key.setContent(b"")
-        load_config(path.path)
 
     def test_unix_socket_directory_must_exist(self) -> None:
         path = self.write('[server]\nlisten = "unix:run/mtqp.sock"\n')

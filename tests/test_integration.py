@@ -263,30 +263,47 @@ class TwistdTests(SynchronousTestCase):
         self.assertIn("/nonexistent-dir", result.stderr)
 
 
-class AdminStateTests(TestCase):
-    """SIGUSR1 and SIGUSR2 switch a running daemon's administrative state."""
+class AdminStateTests(SynchronousTestCase):
+    """``[server] admin_down_file`` switches a running daemon's administrative state."""
 
-    def test_signals_switch_admin_state(self) -> None:
-        import signal
+    def test_file_switches_admin_state(self) -> None:
+        from twisted.internet.task import Clock
 
+        from mtqpgw.server import MTQPServerFactory
+        from mtqpgw.tap import AdminDownFile
+
+        path = os.path.abspath(self.mktemp())
+        factory = MTQPServerFactory(tracker=None)  # type: ignore[arg-type]
+        clock = Clock()
+        watcher = AdminDownFile(factory, path, clock)
+        watcher.startService()
+        self.addCleanup(watcher.stopService)
+        self.assertFalse(factory.admin_down)
+        with open(path, "w"):
+            pass
+        clock.advance(AdminDownFile.interval)
+        self.assertTrue(factory.admin_down)
+        os.remove(path)
+        clock.advance(AdminDownFile.interval)
+        self.assertFalse(factory.admin_down)
+
+    def test_daemon_starts_down_when_the_file_exists(self) -> None:
         from mtqpgw.config import parse_config
-        from mtqpgw.tap import build_service
+        from mtqpgw.tap import AdminDownFile, build_service
 
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
+        with open(os.path.join(directory, "down"), "w"):
+            pass
         config = parse_config(
-            {"server": {"listen": "tcp:0:interface=127.0.0.1"}, "store": {"path": ":memory:"}},
+            {
+                "server": {"listen": "tcp:0:interface=127.0.0.1", "admin_down_file": "down"},
+                "store": {"path": ":memory:"},
+            },
             directory,
         )
-        before = signal.getsignal(signal.SIGUSR1)
         top, factory = build_service(config)
-        top.startService()
-        try:
-            os.kill(os.getpid(), signal.SIGUSR1)
-            self.assertTrue(factory.admin_down)
-            os.kill(os.getpid(), signal.SIGUSR2)
-            self.assertFalse(factory.admin_down)
-        finally:
-            stopped = top.stopService()
-        self.assertEqual(signal.getsignal(signal.SIGUSR1), before, "handlers restored on stop")
-        return stopped
+        (watcher,) = [s for s in top if isinstance(s, AdminDownFile)]
+        watcher.startService()
+        self.addCleanup(watcher.stopService)
+        self.assertTrue(factory.admin_down, "checked at start, before the first session")
