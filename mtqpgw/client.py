@@ -215,9 +215,27 @@ class MTQPClientProtocol(LineReceiver):
             self.info.peer_certificate = self._peer_certificate()
         elif self.tls_mode is not TLSMode.OFF and offered:
             self._offered_before_tls = True
-            self._phase = _Phase.STARTTLS
-            self.transport.write(wire.starttls_line(self.tls_name))
-            return
+            try:
+                line = wire.starttls_line(self.tls_name)
+            except ValueError:
+                # STARTTLS must name an FQDN (RFC 3887 section 6); an IP
+                # literal or a one-label name cannot be asked for.
+                if self.tls_mode is TLSMode.REQUIRED:
+                    self._abort(
+                        TLSRequiredError(
+                            f"cannot ask for TLS: {self.tls_name!r} is not a fully "
+                            "qualified domain name"
+                        )
+                    )
+                    return
+                log.info(
+                    "Not using STARTTLS with {name}: not a fully qualified domain name",
+                    name=self.tls_name,
+                )
+            else:
+                self._phase = _Phase.STARTTLS
+                self.transport.write(line)
+                return
         elif self.tls_mode is TLSMode.REQUIRED:
             self._abort(TLSRequiredError("the server does not offer STARTTLS"))
             return

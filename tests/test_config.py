@@ -256,7 +256,7 @@ class PathTests(SynchronousTestCase):
             [tls]
             certificates = [{cert = "certs/c.pem", key = "/abs/k.pem"}]
             [[chain.inner]]
-            name = "a"
+            name = "a.corp.example.com"
             tls = "required"
             cafile = "ca.pem"
             """
@@ -585,6 +585,16 @@ ERRORS = [
         'chain.inner[1].tls: must be one of "off", "opportunistic", "required", got "tsl"',
     ),
     ("[[chain.inner]]\nname = 'a'\ntls = true", "chain.inner[0].tls: must be a string, got true"),
+    # STARTTLS names an FQDN and the certificate is checked against it (review M3).
+    (
+        "[[chain.inner]]\nname = 'hub'\ntls = 'required'",
+        'chain.inner[0].name: tls = "required" needs a fully qualified domain name, got "hub"',
+    ),
+    (
+        "[[chain.inner]]\nname = '10.0.0.5'\ntls = 'required'",
+        'chain.inner[0].name: tls = "required" needs a fully qualified domain name, '
+        'got "10.0.0.5"',
+    ),
     (
         "[[chain.inner]]\nname = 'a'\ntls = 'off'\ncafile = 'ca.pem'",
         'chain.inner[0].cafile: cannot be used with tls = "off": set tls to "opportunistic" or '
@@ -867,7 +877,9 @@ class LoadTests(SynchronousTestCase):
         self.assertEqual(load_config(path.path, check=False).tls.certificates[0][0], cert.path)
 
     def test_cafile_must_exist(self) -> None:
-        path = self.write("[[chain.inner]]\nname = 'a'\ntls = 'required'\ncafile = 'ca.pem'\n")
+        path = self.write(
+            "[[chain.inner]]\nname = 'a.corp.example.com'\ntls = 'required'\ncafile = 'ca.pem'\n"
+        )
         with self.assertRaises(ConfigError) as caught:
             load_config(path.path)
         self.assertEqual(caught.exception.key, "chain.inner[0].cafile")
