@@ -450,11 +450,16 @@ def _clean_name(name: str) -> str:
     return _NOT_FTEXT.sub("-", name[:_MAX_NAME]) or "X-Unnamed"
 
 
+# C0 controls but HTAB, DEL and C1 controls: a CR or LF inside a value would
+# end the line on the wire and let the value forge fields (or a MIME
+# delimiter) of its own; the others reach terminals and logs as escape
+# sequences.  Each becomes a space.
+_CONTROLS = re.compile("\r\n|[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
 def _clean_value(value: str) -> str:
-    # A CR or LF inside a value would end the line on the wire and let the
-    # value forge fields (or a MIME delimiter) of its own.
-    if "\r" in value or "\n" in value:
-        value = value.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
+    if not value.isprintable():  # the common case skips the regex
+        value = _CONTROLS.sub(" ", value)
     value = value.strip(_WSP)
     if len(value) >= 256 and _LONG_WSP.search(value):
         value = _LONG_WSP.sub(" " * 255, value)

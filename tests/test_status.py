@@ -427,6 +427,31 @@ class LiberalParserTests(SynchronousTestCase):
 
 
 class SerialiserTests(SynchronousTestCase):
+    def test_control_characters_never_pass(self) -> None:
+        # An inner host's value must not carry terminal escapes, NULs or
+        # line ends to the outside client (review m2).
+        hostile = "\x1b[31mRED\x1b]0;pwned\x07 \x00nul\x7f \x85next\r\nX-Forged: 1"
+        ts = TrackingStatus(
+            original_envelope_id=ENVID,
+            reporting_mta="dns; example2.com",
+            extensions=(("X-Esc", hostile),),
+            recipients=(
+                RecipientStatus(
+                    final_recipient="rfc822; u@example1.com",
+                    action=Action.FAILED,
+                    status="5.0.0",
+                    diagnostic_code="smtp; 550 " + hostile,
+                ),
+            ),
+        )
+        data = b"\n".join(serialise_tracking_status(ts))
+        self.assertIsNone(re.search(rb"[\x00-\x08\x0b-\x1f\x7f]|\xc2[\x80-\x9f]", data))
+        self.assertNotIn(b"\nX-Forged", data)
+        parsed = parse_tracking_status(data)
+        self.assertIn("RED", parsed.extensions[0][1])
+        incoming = b"Original-Envelope-Id: e@x\nReporting-MTA: dns; x\nX-Bell: a\x07b\x1bc\n"
+        self.assertEqual(parse_tracking_status(incoming).extensions, (("X-Bell", "a b c"),))
+
     def test_rfc_order_and_spelling(self) -> None:
         ts = TrackingStatus(
             original_envelope_id=ENVID,
