@@ -23,26 +23,41 @@ What is rewritten:
   (``"dns; smtp.corp.example.com"`` -> ``"dns; example.com"``,
   ``"dns; [10.0.0.5]"`` -> ``"dns; example.com"``), else the host names in it
   as in free text;
-- host names and IP addresses in free text: Diagnostic-Code after its
+- every host name and IP address in free text: Diagnostic-Code after its
   ``type;``, the comment of Status (``"4.4.1 (No answer from
   mx1.corp.example.com)"``) and the values of extension fields (``X-...``,
   per message and per recipient), because a name hidden in one field and
   shown in the next is not hidden.  A bracketed literal keeps its brackets
   (``"[10.0.0.5]"`` -> ``"[example.com]"``) so the sentence keeps its shape;
-- the domain of recipient addresses (Original-Recipient, Final-Recipient, and
-  ``local@domain`` in free text) only under a rule with ``addresses`` true: a
-  mail domain is not a host, and the client needs the addresses it knows.
+- the domain of recipient addresses in Original-Recipient and
+  Final-Recipient only under a rule with ``addresses`` true: there the
+  address is the recipient's, which the client gave and needs back, and a
+  mail domain is not a host.
 
-In free text, a candidate name is a run of letters, digits, ``-``, ``_`` and
-``.`` that holds a letter, or an IPv4 or IPv6 address; ``550`` and ``5.1.1``
-never are.  Any candidate a rule matches is replaced, single labels included,
-so a rule must match only host names (``"re:.*"`` would eat every word).  A
-candidate longer than 255 characters is no host name and is left alone;
-that also bounds the cost of a rule, but a regular expression with nested
-repetition (``"re:(a+)+b"``) is still the administrator's to avoid.
+Free text has no addresses, only tokens.  ``Q1@mx7.corp.example.com`` in a
+Diagnostic-Code is a queue id or a Message-ID far more often than a
+recipient, and a run such as ``host=mx7.corp.example.com/10.9.9.9@x`` is
+shaped like a local part: treating either as an address would leave the
+inner names in it for any outside client to read.  So ``@``, ``/``, ``=``
+and every other character that cannot be part of a host name end a token,
+and every token is looked at, before and after an ``@`` alike; the
+``addresses`` flag does not apply to free text.  The property this keeps:
+after rewriting, no token that a rule matches is left in any free-text
+field.
+
+A token is a run of letters, digits, ``-``, ``_``, ``.`` and ``:``.  An IPv4
+or IPv6 address is a candidate whole (so ``10.0.0.5:25`` hides the address
+and keeps the port); otherwise ``:`` splits the run and each piece, less
+leading and trailing dots and hyphens, is a candidate when it holds a
+letter or is an IPv4 address; ``550`` and ``5.1.1`` never are.  Any
+candidate a rule matches is replaced, single labels included, so a rule
+must match only host names (``"re:.*"`` would eat every word).  A candidate
+longer than 255 characters is no host name and is left alone; that also
+bounds the cost of a rule, but a regular expression with nested repetition
+(``"re:(a+)+b"``) is still the administrator's to avoid.
 
 Never rewritten: Original-Envelope-Id (the client's own key), Action, dates,
-field names, local parts of addresses.
+field names, and the local parts of Original-Recipient and Final-Recipient.
 """
 
 from __future__ import annotations
@@ -89,14 +104,12 @@ _PIECE = re.compile(r"([.-]*)(.*?)([.-]*)", re.DOTALL)
 
 _SCAN = re.compile(
     r"""
-    # local-part "@" domain: the domain may be hidden (addresses = true), the
-    # local part never.  Starts only after a delimiter, so a long run with no
-    # "@" in it is scanned once, not once per character.
-    (?<![^\s<>()\[\],;"'])(?P<local>[^\s<>()\[\]@,;:"']+@)
-    (?P<domain>\[[^\[\]\s]*\]|[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*)
-    # an address literal: [10.0.0.5], [IPv6:2001:db8::5]
-    | \[(?P<literal>[A-Za-z0-9:.]+)\]
-    # anything else made of host-name characters; colons too, for IPv6
+    # an address literal: [10.0.0.5], [IPv6:2001:db8::5], kept bracketed
+    \[(?P<literal>[A-Za-z0-9:.]+)\]
+    # anything else made of host-name characters; colons too, for IPv6.
+    # Everything else, "@" "/" "=" included, ends a token: there are no
+    # addresses in free text (see the module docstring).  Starts only after
+    # a delimiter, so a run is scanned once, not once per character.
     | (?<![A-Za-z0-9_.:-])(?P<word>[A-Za-z0-9_.:-]+)
     """,
     re.VERBOSE,
@@ -241,23 +254,24 @@ class Rewriter:
         return kind + sep + self._text(text)
 
     def _address(self, value: str | None) -> str | None:
+        """Original-/Final-Recipient: the domain only, and only under an ``addresses`` rule."""
         if not value or "@" not in value:
             return value
-        return self._text(value, hosts=False)
+        local, at, domain = value.rpartition("@")
+        core = domain.strip()
+        rule = None if _SPACE.search(core) else self._rule_for(core)
+        if rule is None or not rule.addresses:
+            return value
+        # Keep the white space after the domain exactly as it came.
+        start = domain.index(core)
+        return local + at + domain[:start] + rule.replace + domain[start + len(core) :]
 
-    def _text(self, text: str | None, *, hosts: bool = True) -> str | None:
-        """Free text with the host names and addresses that rules match replaced."""
+    def _text(self, text: str | None) -> str | None:
+        """Free text with every host name and address that a rule matches replaced."""
         if not text:
             return text
 
         def substitute(m: re.Match[str]) -> str:
-            if m.group("domain") is not None:
-                rule = self._rule_for(m.group("domain"))
-                if rule is not None and rule.addresses:
-                    return m.group("local") + rule.replace
-                return m.group(0)
-            if not hosts:
-                return m.group(0)
             literal = m.group("literal")
             if literal is not None:
                 if _is_ip(_without_ipv6_tag(literal)):
@@ -269,10 +283,17 @@ class Rewriter:
         return _SCAN.sub(substitute, text)
 
     def _word(self, word: str) -> str:
-        core = word.rstrip(".")
-        if _is_ip(_without_ipv6_tag(core)):
-            rule = self._rule_for(core)
-            return word if rule is None else rule.replace + word[len(core) :]
+        # Dots and hyphens around a token are punctuation ("at 10.0.0.5.",
+        # "..mx1.corp.example.com"), and so is a colon after an address
+        # ("from 2001:db8::5: refused"), unless it belongs to it ("2001:db8::").
+        lead = len(word) - len(word.lstrip(".-"))
+        body = word[lead:]
+        for core in (body.rstrip("."), body.rstrip(".:-")):
+            if core and _is_ip(_without_ipv6_tag(core)):
+                rule = self._rule_for(core)
+                if rule is None:
+                    return word
+                return word[:lead] + rule.replace + body[len(core) :]
         # Not an address: colons separate names from ports and the like.
         return ":".join(self._piece(piece) for piece in word.split(":"))
 

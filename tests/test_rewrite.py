@@ -228,17 +228,71 @@ class FieldTests(SynchronousTestCase):
         out = rw.part(part(recipient(diagnostic_code="smtp; 550 5.1.1 smtp said no")))
         self.assertEqual(out.recipients[0].diagnostic_code, "smtp; 550 5.1.1 example.com said no")
 
-    def test_diagnostic_local_parts_and_address_domains(self) -> None:
+    def test_diagnostic_names_around_at_hidden_whatever_the_flag(self) -> None:
+        """In free text a name before or after "@" is a name: hidden with or without ``addresses``.
+
+        This expected the text unchanged without ``addresses`` (and the
+        local part kept with it) until review M1: that was the leak.
+        """
         text = "smtp; 550 <mx1.corp.example.com@a.corp.example.com> and <b@[10.0.0.5]> unknown"
+        hidden = "smtp; 550 <example.com@example.com> and <b@[example.com]> unknown"
         rules = [Rule("*.corp.example.com", "example.com"), Rule("10.0.0.*", "example.com")]
-        out = Rewriter(rules).part(part(recipient(diagnostic_code=text)))
-        self.assertEqual(out.recipients[0].diagnostic_code, text)
-        rules = [Rule(r.match, r.replace, addresses=True) for r in rules]
-        out = Rewriter(rules).part(part(recipient(diagnostic_code=text)))
-        self.assertEqual(
-            out.recipients[0].diagnostic_code,
-            "smtp; 550 <mx1.corp.example.com@example.com> and <b@example.com> unknown",
+        for addresses in (False, True):
+            rw = Rewriter([Rule(r.match, r.replace, addresses=addresses) for r in rules])
+            out = rw.part(part(recipient(diagnostic_code=text)))
+            self.assertEqual(out.recipients[0].diagnostic_code, hidden, addresses)
+
+    def test_review_m1_leaks(self) -> None:
+        """The three texts review M1 saw leave the gateway with inner names in them."""
+        rw = Rewriter([Rule("*.corp.example.com", "example.com"), Rule("10.*", "example.com")])
+        block = recipient(
+            diagnostic_code="smtp; 250 ok id=Q1@mx7.corp.example.com",
+            status="2.0.0 (queued as ABC@mx9.corp.example.com)",
+            extensions=(("X-Ext", "host=mx7.corp.example.com/10.9.9.9@x"),),
         )
+        ts = part(block, extensions=(("X-Queue", "queued as ABC@mx9.corp.example.com"),))
+        out = rw.part(ts)
+        self.assertEqual(out.recipients[0].diagnostic_code, "smtp; 250 ok id=Q1@example.com")
+        self.assertEqual(out.recipients[0].status, "2.0.0 (queued as ABC@example.com)")
+        self.assertEqual(
+            out.recipients[0].extensions, (("X-Ext", "host=example.com/example.com@x"),)
+        )
+        self.assertEqual(out.extensions, (("X-Queue", "queued as ABC@example.com"),))
+
+    def test_message_id_and_queue_id_forms(self) -> None:
+        rw = Rewriter(
+            [
+                Rule("*.corp.example.com", "example.com"),
+                Rule("10.*", "example.com"),
+                Rule(r"re:2001:db8:.*", "example.com"),
+            ]
+        )
+        cases = {
+            "smtp; 250 <20010101.ABC@mx7.corp.example.com>": "smtp; 250 <20010101.ABC@example.com>",
+            "smtp; 250 id=<a=b/c@[10.1.2.3]>": "smtp; 250 id=<a=b/c@[example.com]>",
+            'smtp; 250 "mx7.corp.example.com"@x.example': 'smtp; 250 "example.com"@x.example',
+            "smtp; 250 a.mx7.corp.example.com.=x@y": "smtp; 250 example.com.=x@y",
+            "smtp; 421 from 2001:db8::5: refused, 10.0.0.5.": (
+                "smtp; 421 from example.com: refused, example.com."
+            ),
+            "smtp; 250 q@2001:db8::7": "smtp; 250 q@example.com",
+        }
+        for text, expected in cases.items():
+            out = rw.part(part(recipient(diagnostic_code=text)))
+            self.assertEqual(out.recipients[0].diagnostic_code, expected, text)
+
+    def test_recipient_fields_keep_their_local_part(self) -> None:
+        """Original-/Final-Recipient are the client's own addresses: the flag decides, domain only."""
+        block = recipient(
+            original_recipient="rfc822; mx1.corp.example.com@a.corp.example.com",
+            final_recipient="rfc822; q=10.0.0.5@[10.0.0.5] ",
+        )
+        rules = [Rule("*.corp.example.com", "example.com"), Rule("10.*", "example.com")]
+        self.assertEqual(Rewriter(rules).part(part(block)).recipients[0], block)
+        rules = [Rule(r.match, r.replace, addresses=True) for r in rules]
+        out = Rewriter(rules).part(part(block)).recipients[0]
+        self.assertEqual(out.original_recipient, "rfc822; mx1.corp.example.com@example.com")
+        self.assertEqual(out.final_recipient, "rfc822; q=10.0.0.5@example.com ")
 
     def test_ipv6_in_text(self) -> None:
         rw = Rewriter([Rule(r"re:2001:db8:.*", "example.com")])
@@ -453,6 +507,50 @@ _HIDE_ALL = Rewriter(
 )
 
 
+# Review M1: names in the punctuation that queue ids, Message-IDs and
+# key=value diagnostics put around them, under rules without ``addresses``.
+_BEFORE = ["", "@", "Q1@", "id=Q1@", "host=", "/", "=", "[", "(", "<", "<u@", '"', "'", ","]
+_BEFORE += [".", "..", "x/", "a.b=", "queued as ABC@", "-"]
+_AFTER = ["", "@x", "@", "/", "=", "]", ")", ">", '"', "'", ",", ".", "..", ":25", "/x@y"]
+_AFTER += ["=q", "@mx.example.net", "-"]
+_FREE_TEXT_RULES = Rewriter(
+    [Rule("*.corp.example.com", "example.com"), Rule("10.*", "example.com")]
+)
+
+
+@st.composite
+def _punctuated_text(draw: st.DrawFn) -> str:
+    words = draw(
+        st.lists(
+            st.one_of(
+                _FILLER,
+                st.builds(
+                    lambda before, secret, after: before + secret + after,
+                    st.sampled_from(_BEFORE),
+                    _SECRET,
+                    st.sampled_from(_AFTER),
+                ),
+            ),
+            min_size=1,
+            max_size=8,
+        )
+    )
+    return draw(st.sampled_from([" ", ", ", "; ", "/", "=", "@", " <", "> "])).join(words)
+
+
+def _free_text_values(ts: TrackingStatus) -> list[str]:
+    """The fields rewritten as free text whatever the flag; MTA fields too (never addresses)."""
+    values = [ts.reporting_mta, ts.received_from_mta or "", ts.dsn_gateway or ""]
+    values += [v for _, v in ts.extensions]
+    for block in ts.recipients:
+        values += [block.status, block.remote_mta or "", block.diagnostic_code or ""]
+        values += [v for _, v in block.extensions]
+    return values
+
+
+_INNER_IP_IN_TEXT = re.compile(r"(?<![0-9])10\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(?![0-9])")
+
+
 class RewritePropertyTests(SynchronousTestCase):
     @settings(max_examples=200, deadline=None)
     @given(_leaky_part())
@@ -485,3 +583,24 @@ class RewritePropertyTests(SynchronousTestCase):
         self.assertEqual(len(out.recipients), 1)
         if not re.search(r"[0-9A-Za-z]", text):
             self.assertIs(out, ts)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(_punctuated_text(), min_size=1, max_size=6))
+    def test_no_matched_token_left_in_free_text(self, texts: list[str]) -> None:
+        """Review M1: no token a rule matches survives in any free-text field, "@" or not."""
+        it = iter(texts * 6)
+        ts = part(
+            recipient(
+                status="4.4.1 (" + next(it) + ")",
+                diagnostic_code="smtp; " + next(it),
+                remote_mta="x-local; " + next(it),
+                extensions=(("X-Ext", next(it)),),
+            ),
+            received_from_mta="x-local; " + next(it),
+            extensions=(("X-Queue", next(it)),),
+        )
+        out = _FREE_TEXT_RULES.part(ts)
+        for value in _free_text_values(out):
+            self.assertNotIn("corp.example.com", value.lower(), value)
+            self.assertIsNone(_INNER_IP_IN_TEXT.search(value), value)
+        self.assertEqual(_FREE_TEXT_RULES.part(out), out)
