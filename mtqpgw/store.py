@@ -409,6 +409,25 @@ def check_path(path: str) -> None:
         raise StoreError(f"cannot open the tracking store {path}: the file is read-only")
 
 
+def create_private(path: str) -> None:
+    """Create the store file readable by its owner only, unless it exists.
+
+    It holds certifiers (SHA-1 of the secrets: a weak secret can be guessed
+    offline from one) and recipient addresses.  SQLite gives the -wal and
+    -shm files the mode of the database file.  An empty file is an empty
+    SQLite database.
+    """
+    if _is_memory(path):
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as e:
+        raise StoreError(f"cannot create the tracking store {path}: {e.strerror}") from e
+    os.close(fd)
+
+
 def prepare_connection(connection: sqlite3.Connection, path: str) -> None:
     """Set pragmas and create or migrate the schema on a new connection.
 
@@ -517,6 +536,7 @@ class SQLiteStore:
         check_path(self.path)
         if _is_memory(self.path):
             return
+        create_private(self.path)
         try:
             connection = sqlite3.connect(self.path, timeout=30.0)
         except sqlite3.Error as e:
@@ -529,6 +549,7 @@ class SQLiteStore:
             return defer.succeed(None)
         try:
             check_path(self.path)
+            create_private(self.path)
         except StoreError:
             return defer.fail()
         extra = {} if self._pool_reactor is None else {"cp_reactor": self._pool_reactor}
@@ -695,6 +716,7 @@ class SQLiteWriter:
 
     def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
         check_path(path)
+        create_private(path)
         self.path = path
         self._clock = clock
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 from typing import Any
 
 from hypothesis import given, settings
@@ -516,6 +517,26 @@ class CheckAndServiceTests(StoreTestMixin, TestCase):
         self.assertTrue(clock.getDelayedCalls())
         await svc.stopService()
         self.assertEqual(clock.getDelayedCalls(), [])
+
+    @deferred_test
+    async def test_store_files_private(self) -> None:
+        # Certifiers and recipient addresses are for the daemon's user only
+        # (review m10), whatever the umask: daemon, writer and check alike.
+        old = os.umask(0o022)
+        self.addCleanup(os.umask, old)
+        store, _ = self.make_store()
+        store.check()
+        self.assertEqual(stat.S_IMODE(os.stat(store.path).st_mode), 0o600)
+        await store.start()
+        self.addCleanup(store.stop)
+        await store.upsert([message()])
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(store.path + suffix):
+                mode = stat.S_IMODE(os.stat(store.path + suffix).st_mode)
+                self.assertEqual(mode, 0o600, suffix)
+        writer_path = self.db_path()
+        SQLiteWriter(writer_path).close()
+        self.assertEqual(stat.S_IMODE(os.stat(writer_path).st_mode), 0o600)
 
     @deferred_test
     async def test_stop_while_starting_leaves_no_timer(self) -> None:
