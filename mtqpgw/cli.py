@@ -89,11 +89,16 @@ def _certifier(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from mtqpgw.config import ConfigError, load_config
+    import socket
 
+    from mtqpgw.config import ConfigError, load_config
+    from mtqpgw.store import StoreError
+    from mtqpgw.tap import preflight
+
+    # The daemon's own checks: keys and values, files, certificates, store.
     try:
-        load_config(args.path)
-    except ConfigError as e:
+        preflight(load_config(args.path, default_hostname=socket.getfqdn()), create_store=False)
+    except (ConfigError, StoreError) as e:
         print(f"{args.path}: {e}", file=sys.stderr)
         return EXIT_NEGATIVE
     print("ok")

@@ -15,7 +15,7 @@ from twisted.python import usage
 from mtqpgw.config import Config, ConfigError, default_config, load_config
 from mtqpgw.server import MTQPServerFactory
 
-__all__ = ["AdminDownFile", "Options", "build_service", "makeService"]
+__all__ = ["AdminDownFile", "Options", "build_service", "makeService", "preflight"]
 
 log = Logger()
 
@@ -81,24 +81,43 @@ class AdminDownFile(service.Service):
             )
 
 
+def preflight(config: Config, create_store: bool = True) -> Any:
+    """What must hold before the daemon starts; the ServerTLS, or None without certificates.
+
+    Every certificate and key loads, and the store can be opened (created,
+    when ``create_store``; ``mtqp check-config`` only looks).  Raises
+    ConfigError (TLSConfigError is one) or StoreError, each one line.  The
+    daemon and ``mtqp check-config`` both run it, so a config that checks
+    ``ok`` starts.
+    """
+    from mtqpgw.store import SQLiteStore, check_path
+
+    tls = None
+    if config.tls.certificates:
+        from mtqpgw.tls import ServerTLS
+
+        tls = ServerTLS.from_config(config.tls)
+    path = config.store.path
+    if create_store or os.path.exists(path):
+        SQLiteStore(path).check()
+    else:
+        check_path(path)
+    return tls
+
+
 def build_service(config: Config, reactor: Any = None) -> tuple[service.MultiService, Any]:
     """The daemon's service tree and its protocol factory, from a validated config."""
     from mtqpgw.store import LocalTracker, SQLiteStore, StoreService
 
     if reactor is None:
         from twisted.internet import reactor
+    tls = preflight(config)
     top = service.MultiService()
     store = SQLiteStore(config.store.path, reactor=reactor)
-    store.check()  # a read-only or unreachable store stops start-up here, in one line
     StoreService(store).setServiceParent(top)
     tracker: Any = LocalTracker(
         store, config.server.hostname, config.server.unknown_message, reactor=reactor
     )
-    tls = None
-    if config.tls.certificates:
-        from mtqpgw.tls import ServerTLS
-
-        tls = ServerTLS.from_config(config.tls)
     if config.chain is not None and config.chain.inner:
         from mtqpgw.chain import ChainingTracker
         from mtqpgw.rewrite import Rewriter
