@@ -7,9 +7,11 @@ of the hosts behind it and answer for them, within 2 minutes.  For one TRACK:
 1. Ask the local tracker (store and certifier check).  A wrong secret and no
    record look the same from here: both are the local tracker's "unknown"
    answer (noinfo, or the opaque stand-in).
-2. Targets: the configured inner hosts named (``mta_name`` of Remote-MTA,
-   case-insensitively) by the local recipients that were relayed or
-   transferred; with no local record and ``fanout`` on, every inner host.
+2. Targets: the configured inner hosts named (``merge.host_key`` of
+   Remote-MTA: case-insensitively, an address literal such as
+   ``[IPv6:2001:db8::5]`` as its bare canonical address) by the local
+   recipients that were relayed or transferred; with no local record and
+   ``fanout`` on, every inner host.
 3. Ask them all at once through the L{SessionPool}.  An inner answer that
    refers recipients on to further *configured* inner hosts is followed, to
    ``max_depth`` inner hops, never the same host twice.  A name that is not
@@ -41,7 +43,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mtqpgw.interfaces import ITracker
-from mtqpgw.merge import merge, referrals
+from mtqpgw.merge import host_key, merge, referrals
 from mtqpgw.pool import SessionPool
 from mtqpgw.server import is_failed_lookup
 from mtqpgw.status import Answer, Outcome, TrackingStatus
@@ -63,10 +65,6 @@ _LATE = Answer.temp(
 def _text(value: Any, default: str) -> str:
     # Config may hold enums or strings.
     return str(getattr(value, "value", value) or default).lower()
-
-
-def _host_name(name: str) -> str:
-    return name.strip().rstrip(".").lower()
 
 
 @implementer(ITracker)
@@ -93,7 +91,7 @@ class ChainingTracker:
             from twisted.internet import reactor
         self.local = local
         self.rewriter = rewriter
-        self.hostname = _host_name(hostname)
+        self.hostname = host_key(hostname)
         self.clock = reactor
         deadline = getattr(chain, "deadline", None)
         self.deadline = float(DEFAULT_DEADLINE if deadline is None else deadline)
@@ -108,7 +106,9 @@ class ChainingTracker:
         self.max_depth = int(DEFAULT_MAX_DEPTH if depth is None else depth)
         self.inner: dict[str, Any] = {}
         for inner in getattr(chain, "inner", ()) or ():
-            name = _host_name(inner.name)
+            # Keyed as referrals are (host_key), so that a host configured by
+            # address is found from a "dns; [10.0.0.5]" Remote-MTA.
+            name = host_key(inner.name)
             if name == self.hostname:
                 # Asking ourselves would loop through the pool until the deadline.
                 log.warn("Inner host {name} is this gateway's own name; never asked", name=name)

@@ -38,12 +38,13 @@ section 2.4).  Nothing here invents a block.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from mtqpgw.status import Action, RecipientStatus, TrackingStatus, address_of, mta_name
 
-__all__ = ["MODES", "merge", "merge_combined", "merge_hops", "referrals"]
+__all__ = ["MODES", "host_key", "merge", "merge_combined", "merge_hops", "referrals"]
 
 #: The values of ``[chain] report`` that ``merge`` accepts.
 MODES = ("hops", "combined")
@@ -134,8 +135,10 @@ def merge_combined(
 def referrals(part: TrackingStatus) -> list[tuple[str, RecipientStatus]]:
     """``(host, block)`` for each relayed or transferred recipient whose Remote-MTA names a host.
 
-    ``host`` is ``mta_name`` of the Remote-MTA: lower-cased, no trailing dot,
-    an address literal kept as written (``"[10.0.0.5]"``).  A referral with
+    ``host`` is ``host_key`` of the Remote-MTA's name: lower-cased, no
+    trailing dot, an address literal as its bare canonical address
+    (``"dns; [10.0.0.5]"`` gives ``"10.0.0.5"``), so that it compares equal
+    to ``host_key`` of the configured inner host it names.  A referral with
     no Remote-MTA, or one of a type other than ``dns``, names nobody to ask
     and is left out.  Order is the part's.
     """
@@ -143,10 +146,37 @@ def referrals(part: TrackingStatus) -> list[tuple[str, RecipientStatus]]:
     for block in part.recipients:
         if not block.action.is_referral:
             continue
-        host = mta_name(block.remote_mta)
+        host = host_key(mta_name(block.remote_mta))
         if host:
             found.append((host, block))
     return found
+
+
+def host_key(name: str | None) -> str:
+    """The form in which two host names, or a name and an address literal, are compared.
+
+    Lower-cased, no surrounding white space or trailing dot; an address
+    literal loses its brackets and ``IPv6:`` tag and becomes the canonical
+    text of its address (``"[IPv6:2001:DB8:0::5]"`` -> ``"2001:db8::5"``, an
+    IPv4-mapped IPv6 address -> the IPv4 one).  Remote-MTA fields write an
+    inner host configured by address as ``[10.0.0.5]`` (RFC 3464 takes the
+    SMTP form), the configuration writes ``10.0.0.5``: both sides go through
+    this so that they meet.  Only equality with a configured name ever leads
+    to a connection, so a looser form here can never reach a host that is
+    not configured.  ``""`` for nothing.
+    """
+    text = (name or "").strip().rstrip(".").strip().lower()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1].strip()
+    if text.startswith("ipv6:"):
+        text = text[5:]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return text
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 def _reporter_key(part: TrackingStatus) -> str:

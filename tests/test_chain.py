@@ -407,6 +407,55 @@ class FollowTests(ChainTestCase):
         self.successResultOf(d)
         self.assertEqual(self.pool.hosts(), ["a.corp"])
 
+    def test_referrals_to_hosts_configured_by_address(self) -> None:
+        """Review m8: a Remote-MTA of "dns; [10.0.0.5]" is the inner host named "10.0.0.5"."""
+        self.store.add(
+            part(
+                GATEWAY,
+                relayed("a@example1.com", "[10.0.0.5]"),
+                relayed("b@example1.com", "[IPv6:2001:DB8:0::5]"),
+                relayed("c@example1.com", "[10.0.0.6]"),
+                relayed("d@example1.com", "[192.0.2.9]"),
+            )
+        )
+        d = self.gateway("10.0.0.5", "2001:db8::5", "[192.0.2.9]", "deep.corp").track(
+            ENVID, SECRET_B64
+        )
+        # 10.0.0.6 is configured nowhere: never contacted.
+        self.assertEqual(self.pool.hosts(), ["10.0.0.5", "2001:db8::5", "[192.0.2.9]"])
+        self.pool.answer(
+            "10.0.0.5",
+            Answer.found(
+                [
+                    part(
+                        "[10.0.0.5]",
+                        relayed("a@example1.com", "[::ffff:10.0.0.99]"),
+                        relayed("a@example1.com", "deep.corp"),
+                    )
+                ]
+            ),
+        )
+        self.assertEqual(
+            self.pool.hosts(), ["10.0.0.5", "2001:db8::5", "[192.0.2.9]", "deep.corp"]
+        )
+        for host in ("2001:db8::5", "[192.0.2.9]", "deep.corp"):
+            self.pool.answer(host, Answer.noinfo())
+        self.assertEqual(len(self.successResultOf(d).parts), 2)
+
+    def test_own_address_never_contacted(self) -> None:
+        self.store.add(part(GATEWAY, relayed("a@example1.com", "[192.0.2.1]")))
+        chain = ChainConfig(deadline=self.deadline, inner=inner_hosts("192.0.2.1"))
+        tracker = ChainingTracker(
+            LocalTracker(self.store, GATEWAY),
+            chain,
+            Rewriter(),
+            "[192.0.2.1]",
+            reactor=self.clock,
+            pool=self.pool,
+        )
+        self.successResultOf(tracker.track(ENVID, SECRET_B64))
+        self.assertEqual(self.pool.hosts(), [])
+
     def test_own_name_never_contacted(self) -> None:
         self.store.add(part(GATEWAY, relayed("a@example1.com", GATEWAY)))
         d = self.gateway(GATEWAY, "a.corp").track(ENVID, SECRET_B64)

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from mtqpgw.merge import MODES, merge, merge_combined, merge_hops, referrals
+from mtqpgw.merge import MODES, host_key, merge, merge_combined, merge_hops, referrals
 from mtqpgw.status import Action, RecipientStatus, TrackingStatus, address_of
 
 ENVID = "12345-20010101@example.com"
@@ -367,16 +367,37 @@ class DispatchAndReferralTests(SynchronousTestCase):
             block("d@example1.com", "relayed", "2.1.9", remote_mta="x400; c=us"),
             transferred,
             relayed("e@example1.com", "[10.0.0.5]"),
+            relayed("f@example1.com", "[IPv6:2001:DB8:0::5]."),
         )
+        # Address literals come out bare and canonical (review m8: they kept
+        # their brackets, and so never met an inner host configured by
+        # address; this test expected "[10.0.0.5]").
         self.assertEqual(
             referrals(local),
             [
                 ("smtp.example3.com", local.recipients[0]),
                 ("mx2.corp.example.com", transferred),
-                ("[10.0.0.5]", local.recipients[5]),
+                ("10.0.0.5", local.recipients[5]),
+                ("2001:db8::5", local.recipients[6]),
             ],
         )
         self.assertEqual(referrals(INNER_10), [])
+
+    def test_host_key(self) -> None:
+        """Review m8: a name and an address literal compare in one form, on both sides."""
+        same = {
+            "10.0.0.5": ["10.0.0.5", "[10.0.0.5]", " [ 10.0.0.5 ] ", "[IPv6:::ffff:10.0.0.5]"],
+            "2001:db8::5": ["[IPv6:2001:DB8:0:0::5]", "2001:db8:0::5", "ipv6:2001:db8::5"],
+            "smtp.corp.example.com": ["Smtp.Corp.Example.COM.", " smtp.corp.example.com "],
+        }
+        for key, forms in same.items():
+            for form in forms:
+                self.assertEqual(host_key(form), key, form)
+        # Not addresses: kept as text, so they match only the same text.
+        for other in ("010.0.0.5", "[10.0.0.5", "10.0.0.256", "[10.0.0.5]x"):
+            self.assertNotIn(host_key(other), same, other)
+        self.assertEqual(host_key(None), "")
+        self.assertEqual(host_key("  "), "")
 
 
 # Property tests.  Addresses come from a small pool so that hops share
