@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--lookups", type=int, default=20_000, help="look-ups timed (lookup)")
     size.add_argument("--records", type=int, default=100_000, help="records imported (import)")
     size.add_argument("--tries", type=int, default=2000, help="TRACKs of each kind (timing)")
+    size.add_argument(
+        "--rounds", type=int, default=3, help="alternated ceiling/ours runs (server, gateway)"
+    )
     where = parser.add_argument_group("where")
     where.add_argument(
         "--shared-bench",
@@ -99,6 +102,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         lookups=args.lookups,
         import_records=args.records,
         tries=args.tries,
+        rounds=args.rounds,
         profile_dir=args.profile,
         profile_seconds=args.profile_seconds,
     )
