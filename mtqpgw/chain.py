@@ -22,8 +22,13 @@ of the hosts behind it and answer for them, within 2 minutes.  For one TRACK:
    is built from what is known.  An inner host that failed in any way, or did
    not answer in time, costs its own part and nothing else: its recipients
    keep the gateway's block ("passed on, no further information").
-5. ``mtqpgw.merge`` builds the parts (``hops`` or ``combined``); the rewriter
-   runs last, on every answer this tracker gives.
+5. Each inner answer is screened first (``mtqpgw.merge.screen``, review
+   M2): a part about another envelope id, or one whose Reporting-MTA names
+   this gateway, is dropped and logged, and its referrals are not followed.
+   ``mtqpgw.merge`` then builds the parts (``hops`` or ``combined``) from
+   one L{HostAnswer} per inner host asked, so that one host's parts never
+   merge into another's; the rewriter runs last, on every answer this
+   tracker gives.
 6. Nothing known anywhere: the local tracker's own "unknown" answer, so an
    unknown envelope id and a wrong secret still answer alike.
 
@@ -43,7 +48,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mtqpgw.interfaces import ITracker
-from mtqpgw.merge import host_key, merge, referrals
+from mtqpgw.merge import HostAnswer, host_key, merge, referrals, screen
 from mtqpgw.pool import SessionPool
 from mtqpgw.server import is_failed_lookup
 from mtqpgw.status import Answer, Outcome, TrackingStatus
@@ -153,8 +158,9 @@ class _Query:
         self.running: dict[str, defer.Deferred[Answer]] = {}
         self.pending = 0
         self.sequence = 0
-        # (depth, launch order, parts) of each inner host that told something.
-        self.results: list[tuple[int, int, tuple[TrackingStatus, ...]]] = []
+        # (depth, launch order, host, parts) of each inner host that told
+        # something; sorted by the first two, that is path order.
+        self.results: list[tuple[int, int, str, list[TrackingStatus]]] = []
         self.failed: list[str] = []
         self.started = time.monotonic()
 
@@ -300,14 +306,15 @@ class _Query:
         if self.finished or self.expired:
             return
         if answer.outcome is Outcome.OK and answer.parts and not is_failed_lookup(answer):
-            self.results.append((depth, order, answer.parts))
             try:
-                self._launch(self.tracker.targets_for(answer.parts), depth + 1)
+                parts = self._screen(name, answer.parts)
+                if parts:
+                    self.results.append((depth, order, name, parts))
+                self._launch(self.tracker.targets_for(parts), depth + 1)
             except Exception:
+                # A bug costs this host's answer, and never the client's wait.
                 log.failure(
-                    "TRACK {envid}: following {host}'s referrals failed",
-                    envid=self.envid,
-                    host=name,
+                    "TRACK {envid}: using {host}'s answer failed", envid=self.envid, host=name
                 )
         elif answer.outcome is Outcome.OK or answer.outcome is Outcome.NOINFO:
             log.debug("TRACK {envid}: {host} knows nothing", envid=self.envid, host=name)
@@ -322,6 +329,20 @@ class _Query:
                 text=answer.text,
             )
         self._maybe_finish()
+
+    def _screen(self, name: str, parts: Sequence[TrackingStatus]) -> list[TrackingStatus]:
+        """The parts of ``name``'s answer the gateway may use; the others are logged and dropped."""
+        kept, refused = screen(parts, self.envid, self.tracker.hostname)
+        for part, why in refused:
+            log.warn(
+                "TRACK {envid}: dropped a part from inner host {host} "
+                "(Reporting-MTA {reporter!r}): {why}",
+                envid=self.envid,
+                host=name,
+                reporter=part.reporting_mta[:100],
+                why=why,
+            )
+        return kept
 
     def _inner_failed(self, failure: Failure, name: str) -> None:
         self.running.pop(name, None)
@@ -345,20 +366,25 @@ class _Query:
 
     def _compose(self) -> Answer:
         tracker = self.tracker
-        inner_parts = [part for _, _, parts in sorted(self.results) for part in parts]
+        # Path order: by depth, then in the order the hosts were asked.
+        inner = [
+            HostAnswer(name, parts)
+            for _, _, name, parts in sorted(self.results, key=lambda result: result[:2])
+        ]
         assert self.local_answer is not None
-        if self.local_part is None and not inner_parts:
+        if self.local_part is None and not inner:
             # Nothing known anywhere: the local tracker's unknown answer.
             return tracker.rewriter.answer(self.local_answer)
         # A local answer of several parts (a store that keeps hops) puts the
-        # extra ones before the inner hosts', which are deeper.
-        if self.local_part is not None:
-            inner_parts = list(self.local_answer.parts[1:]) + inner_parts
+        # extra ones before the inner hosts', which are deeper; they are the
+        # gateway's own (host None).
+        if self.local_part is not None and len(self.local_answer.parts) > 1:
+            inner.insert(0, HostAnswer(None, self.local_answer.parts[1:]))
         try:
             parts = merge(
                 tracker.report,
                 self.local_part,
-                inner_parts,
+                inner,
                 reporting_mta=f"dns; {tracker.hostname}",
             )
         except Exception:

@@ -3,23 +3,43 @@
 
 Sans-I/O: pure functions over the frozen model of ``mtqpgw.status``.  The
 chain engine hands over the gateway's own part (None when the local store
-has no record) and the parts its inner hosts answered with, in path order: a
-deeper hop comes later.  Two report modes (design.md, "Chaining", rule 5):
+has no record) and one L{HostAnswer} per inner host it asked that told
+something, in path order: by depth, then in the order the hosts were asked.
+An inner host that chains further may answer with parts from hosts behind
+it; those stay in its L{HostAnswer}, attributed to it.
+
+Inner hosts are not trusted to speak for one another (review M2).  Before
+merging, ``screen`` drops an inner part whose Original-Envelope-Id is not the
+one asked for, or whose Reporting-MTA names the gateway itself; the chain
+engine logs each.  Then:
 
 ``hops`` (seed example 10)
-    The gateway's part first, unchanged, then one part per inner reporting
-    MTA in the order given.  Parts from the same Reporting-MTA (compared as
-    ``mta_name`` does: case-insensitive, no trailing dot) become one: the
-    first one's per-message fields, gaps filled from later ones, the union of
-    their recipients (a later block replaces an earlier one for the same
-    recipient, in its place).  A part that is the only one from its reporter
-    passes unchanged; an inner part equal to the gateway's own is dropped.
-    The gateway's part is never merged with an inner part, even one that
-    names the same reporter.
+    The gateway's part first, unchanged, then the parts of each inner host
+    asked, host after host.  Within one host's answer, parts from the same
+    Reporting-MTA (compared as ``host_key`` does: case-insensitive, no
+    trailing dot) become one: the first one's per-message fields, gaps
+    filled from later ones, the union of their recipients (a later block
+    replaces an earlier one for the same recipient, in its place).  Parts of
+    two different hosts are never merged, whatever their Reporting-MTA says:
+    a host claiming another's name adds a part of its own and cannot change
+    the other's.  A part exactly equal to one already in the answer (a host
+    that chains passing on the part of a host the gateway also asked) adds
+    nothing and is left out; so is an inner part equal to the gateway's own.
 
 ``combined`` (seed example 11)
     One part: the gateway's per-message fields and, for each recipient, the
-    block(s) from the deepest hop that knows it.
+    block(s) from the deepest hop that knows it, where "deeper" follows the
+    recipient's own route, not what a part claims: a host's blocks replace
+    a recipient's blocks only when a block already taken for that recipient
+    handed it on to that host (action relayed or transferred, Remote-MTA
+    naming it, compared with ``host_key``), or when they are that same host's
+    (an inner gateway's own deeper parts).  So a host can speak for the
+    recipients routed to it and for recipients no one else reported, and
+    cannot overwrite what another host said of any other.  With no local
+    record (fan-out) nothing was routed: the first host asked that reports a
+    recipient keeps it, and what it says it handed on decides who may
+    speak after it.  The gateway's own name is never an inner reporter
+    (``screen``), so the combined part, which carries it, is the gateway's.
 
 Recipients are joined across hops by ``RecipientStatus.join_key`` (the
 Original-Recipient address, else the Final-Recipient address).  A block with
@@ -28,8 +48,9 @@ whose Final-Recipient is its address: that is how a hop that was not given
 ORCPT reports the address the previous hop handed it.  Several blocks with one
 join key in one part (an alias or list expanded by one MTA) are kept
 together and replaced together.  A later block replaces an earlier one for
-the same recipient, except that ``opaque`` ("no record here") never hides a
-block that says something.  Unknown Action values are kept as they came.
+the same recipient, as long as the rule above lets it, except that
+``opaque`` ("no record here") never hides a block that says something.
+Unknown Action values are kept as they came.
 
 A recipient whose inner host did not answer has no inner block, so it keeps
 the gateway's own block: "passed on, no further information" (RFC 3887
@@ -40,11 +61,20 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mtqpgw.status import Action, RecipientStatus, TrackingStatus, address_of, mta_name
 
-__all__ = ["MODES", "host_key", "merge", "merge_combined", "merge_hops", "referrals"]
+__all__ = [
+    "MODES",
+    "HostAnswer",
+    "host_key",
+    "merge",
+    "merge_combined",
+    "merge_hops",
+    "referrals",
+    "screen",
+]
 
 #: The values of ``[chain] report`` that ``merge`` accepts.
 MODES = ("hops", "combined")
@@ -54,10 +84,57 @@ MODES = ("hops", "combined")
 _OPTIONAL_MESSAGE_FIELDS = ("arrival_date", "received_from_mta", "dsn_gateway")
 
 
+@dataclass(frozen=True)
+class HostAnswer:
+    """The parts one inner host answered with: the unit within which parts may merge.
+
+    ``host`` is the inner host the gateway asked, as ``host_key`` gives it
+    (``"smtp.corp.example.com"``, ``"10.0.0.5"``); None stands for the
+    gateway itself (further parts of its own store), which may replace its
+    own blocks.  ``parts`` are in the order the host gave them.
+    """
+
+    host: str | None
+    parts: tuple[TrackingStatus, ...]
+
+    def __post_init__(self) -> None:
+        # Any iterable of parts, any spelling of the name: one form inside.
+        object.__setattr__(self, "host", None if self.host is None else host_key(self.host))
+        object.__setattr__(self, "parts", tuple(self.parts))
+
+
+def screen(
+    parts: Iterable[TrackingStatus], envid: str, gateway: str
+) -> tuple[list[TrackingStatus], list[tuple[TrackingStatus, str]]]:
+    """Split an inner host's parts into those the gateway may use and ``(part, why)`` for the rest.
+
+    A part is refused when its Original-Envelope-Id is not ``envid`` (both
+    compared exactly, as envelope ids are case-sensitive strings, after
+    removing surrounding white space and one pair of angle brackets): it is
+    another message's, and the inner host checked the secret of this one
+    only.  It is refused too when its Reporting-MTA names ``gateway``, the
+    gateway's own host name, whatever the type before the ";": only the
+    gateway speaks for the gateway, and an inner host must not put words in
+    its mouth.
+    """
+    wanted = _bare_envid(envid)
+    own = host_key(gateway)
+    kept: list[TrackingStatus] = []
+    refused: list[tuple[TrackingStatus, str]] = []
+    for part in parts:
+        if _bare_envid(part.original_envelope_id) != wanted:
+            refused.append((part, "its Original-Envelope-Id is another message's"))
+        elif own and _reporter_name(part) == own:
+            refused.append((part, "its Reporting-MTA names this gateway"))
+        else:
+            kept.append(part)
+    return kept, refused
+
+
 def merge(
     mode: str,
     local: TrackingStatus | None,
-    inner: Sequence[TrackingStatus],
+    inner: Sequence[HostAnswer],
     *,
     reporting_mta: str | None = None,
 ) -> tuple[TrackingStatus, ...]:
@@ -70,32 +147,28 @@ def merge(
 
 
 def merge_hops(
-    local: TrackingStatus | None, inner: Sequence[TrackingStatus]
+    local: TrackingStatus | None, inner: Sequence[HostAnswer]
 ) -> tuple[TrackingStatus, ...]:
-    """One part per reporting MTA, the gateway's first, then the inner ones in path order.
+    """The gateway's part first, then each inner host's parts in path order, merged per host only.
 
-    ``merge_hops(gateway_part, [inner_part])`` gives ``(gateway_part,
-    inner_part)`` (seed example 10).  An empty ``inner`` gives ``(local,)``; no local part and no inner part
+    ``merge_hops(gateway_part, [HostAnswer("smtp.example3.com",
+    [inner_part])])`` gives ``(gateway_part, inner_part)`` (seed example 10).
+    No inner answers give ``(local,)``; no local part and no inner part
     gives ``()`` (the caller then answers as ``unknown_message`` says).
     """
     parts: list[TrackingStatus] = [] if local is None else [local]
-    slot_of: dict[str, int] = {}
-    for part in inner:
-        if part == local:
-            continue
-        key = _reporter_key(part)
-        index = slot_of.get(key)
-        if index is None:
-            slot_of[key] = len(parts)
-            parts.append(part)
-        else:
-            parts[index] = _merge_same_reporter(parts[index], part)
+    seen: set[TrackingStatus] = set(parts)
+    for answer in inner:
+        for part in _merge_by_reporter(answer.parts):
+            if part not in seen:
+                seen.add(part)
+                parts.append(part)
     return tuple(parts)
 
 
 def merge_combined(
     local: TrackingStatus | None,
-    inner: Sequence[TrackingStatus],
+    inner: Sequence[HostAnswer],
     *,
     reporting_mta: str | None = None,
 ) -> tuple[TrackingStatus, ...]:
@@ -110,23 +183,30 @@ def merge_combined(
     gateway.
 
     Recipients come in the gateway's order, then the new ones in order of
-    first appearance.  An empty ``inner`` gives ``(local,)`` with ``local``
+    first appearance.  Which host may replace a recipient's blocks: see the
+    module docstring.  No inner parts give ``(local,)`` with ``local``
     itself; nothing at all gives ``()``.
     """
-    inner = tuple(inner)
-    if local is None and not inner:
+    inner_parts = [part for answer in inner for part in answer.parts]
+    if local is None and not inner_parts:
         return ()
-    if local is not None and not inner:
+    if local is not None and not inner_parts:
         return (local,)
-    roster = _Roster(join_by_final=True, carry_original=True)
-    for part in (local, *inner) if local is not None else inner:
-        roster.add(part.recipients)
+    roster = _Roster(join_by_final=True, carry_original=True, routed=True)
+    if local is not None:
+        roster.add(local.recipients, source=0, host=None)
+    for index, answer in enumerate(inner, start=1):
+        # The gateway's own further parts share its source: they may replace
+        # its blocks.  Every inner host is a source of its own.
+        source = 0 if answer.host is None else index
+        for part in answer.parts:
+            roster.add(part.recipients, source=source, host=answer.host)
     recipients = roster.blocks()
     if local is not None:
         if recipients == local.recipients:
             return (local,)
         return (local.evolve(recipients=recipients),)
-    head = inner[0]
+    head = inner_parts[0]
     if reporting_mta:
         head = head.evolve(reporting_mta=_mta_field(reporting_mta))
     return (head.evolve(recipients=recipients),)
@@ -144,12 +224,17 @@ def referrals(part: TrackingStatus) -> list[tuple[str, RecipientStatus]]:
     """
     found: list[tuple[str, RecipientStatus]] = []
     for block in part.recipients:
-        if not block.action.is_referral:
-            continue
-        host = host_key(mta_name(block.remote_mta))
+        host = _referral_host(block)
         if host:
             found.append((host, block))
     return found
+
+
+def _referral_host(block: RecipientStatus) -> str:
+    """``host_key`` of the host a relayed or transferred block names; ``""`` otherwise."""
+    if not block.action.is_referral:
+        return ""
+    return host_key(mta_name(block.remote_mta))
 
 
 def host_key(name: str | None) -> str:
@@ -182,11 +267,40 @@ def host_key(name: str | None) -> str:
 def _reporter_key(part: TrackingStatus) -> str:
     # A non-dns Reporting-MTA keeps its type in the key (with a ";"), so it
     # never collides with a dns name.
-    return mta_name(part.reporting_mta) or " ".join(part.reporting_mta.lower().split())
+    name = mta_name(part.reporting_mta)
+    return host_key(name) if name else " ".join(part.reporting_mta.lower().split())
+
+
+def _reporter_name(part: TrackingStatus) -> str:
+    """The name in a Reporting-MTA whatever its type: "x-local; gw" claims to be gw too."""
+    _, sep, name = part.reporting_mta.partition(";")
+    return host_key(name if sep else part.reporting_mta)
+
+
+def _bare_envid(envid: str) -> str:
+    text = envid.strip()
+    if len(text) >= 2 and text[0] == "<" and text[-1] == ">":
+        text = text[1:-1].strip()
+    return text
 
 
 def _mta_field(name: str) -> str:
     return name if ";" in name else f"dns; {name}"
+
+
+def _merge_by_reporter(parts: Iterable[TrackingStatus]) -> list[TrackingStatus]:
+    """One host's parts with those of one Reporting-MTA made one, in order of first appearance."""
+    merged: list[TrackingStatus] = []
+    slot_of: dict[str, int] = {}
+    for part in parts:
+        key = _reporter_key(part)
+        index = slot_of.get(key)
+        if index is None:
+            slot_of[key] = len(merged)
+            merged.append(part)
+        else:
+            merged[index] = _merge_same_reporter(merged[index], part)
+    return merged
 
 
 def _merge_same_reporter(earlier: TrackingStatus, later: TrackingStatus) -> TrackingStatus:
@@ -199,7 +313,7 @@ def _merge_same_reporter(earlier: TrackingStatus, later: TrackingStatus) -> Trac
     }
     # Two answers from one reporter describe the same records: blocks are
     # joined by key only, and none is altered.
-    roster = _Roster(join_by_final=False, carry_original=False)
+    roster = _Roster(join_by_final=False, carry_original=False, routed=False)
     roster.add(earlier.recipients)
     roster.add(later.recipients)
     return earlier.evolve(
@@ -215,21 +329,33 @@ def _says_nothing(blocks: Iterable[RecipientStatus]) -> bool:
 
 @dataclass
 class _Slot:
-    """One recipient of the merged answer: its join key and its current block(s)."""
+    """One recipient of the merged answer: its join key and its current block(s).
+
+    ``source`` is who gave the current blocks (0: the gateway, else one
+    inner host's answer) and ``handed_to`` the hosts (``host_key``) that the
+    blocks taken so far for this recipient handed it on to.
+    """
 
     key: str | None
     blocks: tuple[RecipientStatus, ...] = ()
+    source: int = 0
+    handed_to: set[str] = field(default_factory=set)
 
 
 class _Roster:
     """Recipients in order of first appearance, each with the blocks of the latest hop that knows it.
 
-    ``add`` is called once per part, shallowest first.
+    ``add`` is called once per part, shallowest first.  ``routed``: a
+    source may replace another source's blocks for a recipient only when
+    the recipient was handed on to its host (combined mode across hosts; see
+    the module docstring).  Without it (one reporter's parts), any later
+    block replaces.
     """
 
-    def __init__(self, *, join_by_final: bool, carry_original: bool) -> None:
+    def __init__(self, *, join_by_final: bool, carry_original: bool, routed: bool) -> None:
         self._join_by_final = join_by_final
         self._carry_original = carry_original
+        self._routed = routed
         self._slots: list[_Slot] = []
         self._by_key: dict[str, int] = {}
         # Final-Recipient address -> slots whose accepted blocks handed that
@@ -241,7 +367,9 @@ class _Roster:
         # copy of it is the same recipient.
         self._unjoinable: dict[RecipientStatus, int] = {}
 
-    def add(self, blocks: Iterable[RecipientStatus]) -> None:
+    def add(
+        self, blocks: Iterable[RecipientStatus], source: int = 0, host: str | None = None
+    ) -> None:
         groups: dict[int, list[RecipientStatus]] = {}
         for block in blocks:
             index = self._find(block)
@@ -250,7 +378,11 @@ class _Roster:
             group = groups.setdefault(index, [])
             if block not in group:
                 group.append(block)
-        accepted = [index for index, group in groups.items() if self._offer(index, tuple(group))]
+        accepted = [
+            index
+            for index, group in groups.items()
+            if self._offer(index, tuple(group), source, host)
+        ]
         for index in accepted:
             for block in self._slots[index].blocks:
                 final = address_of(block.final_recipient)
@@ -286,14 +418,22 @@ class _Roster:
             self._by_key[key] = index
         return index
 
-    def _offer(self, index: int, group: tuple[RecipientStatus, ...]) -> bool:
-        """Let ``group`` replace the slot's blocks unless it says less; True when it did."""
+    def _offer(
+        self, index: int, group: tuple[RecipientStatus, ...], source: int, host: str | None
+    ) -> bool:
+        """Let ``group`` replace the slot's blocks unless it may not or says less; True when it did."""
         slot = self._slots[index]
-        if slot.blocks and _says_nothing(group) and not _says_nothing(slot.blocks):
-            return False
-        if self._carry_original and slot.blocks:
-            group = self._with_original(group, slot.blocks)
+        if slot.blocks:
+            if self._routed and source != slot.source and host not in slot.handed_to:
+                # Not this host's recipient: it cannot overwrite another's word.
+                return False
+            if _says_nothing(group) and not _says_nothing(slot.blocks):
+                return False
+            if self._carry_original:
+                group = self._with_original(group, slot.blocks)
         slot.blocks = group
+        slot.source = source
+        slot.handed_to.update(_handed_to(group))
         return True
 
     @staticmethod
@@ -309,3 +449,8 @@ class _Roster:
             block if block.original_recipient else block.evolve(original_recipient=original)
             for block in group
         )
+
+
+def _handed_to(blocks: Iterable[RecipientStatus]) -> set[str]:
+    """The hosts (``host_key``) that ``blocks`` relayed or transferred their recipient to."""
+    return {host for host in map(_referral_host, blocks) if host}

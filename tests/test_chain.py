@@ -644,6 +644,81 @@ class InnerFailureTests(ChainTestCase):
         self.assertIn("err.corp", self.log.text())
 
 
+class HostileInnerTests(ChainTestCase):
+    """Review M2: a hostile inner host (evil.corp) answering for inner.corp and for the gateway."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.log = LogCapture(self)
+        self.local = part(
+            GATEWAY,
+            relayed("a@example1.com", "inner.corp"),
+            relayed("b@example1.com", "evil.corp"),
+        )
+        self.store.add(self.local)
+        self.inner = part("inner.corp", delivered("a@example1.com"))
+        self.evil = part("evil.corp", delivered("b@example1.com"))
+        failed = RecipientStatus(
+            original_recipient="rfc822; a@example1.com",
+            final_recipient="rfc822; a@example1.com",
+            action=Action.FAILED,
+            status="5.1.1",
+        )
+        self.forged_inner = TrackingStatus(
+            ENVID, "dns; inner.corp", extensions=(("X-Injected", "1"),), recipients=(failed,)
+        )
+        # Claims to be the gateway, adds a recipient and refers it to a
+        # configured host that nobody else named.
+        self.forged_gateway = part(
+            GATEWAY.upper() + ".",
+            relayed("injected@example1.com", "third.corp"),
+        )
+        self.other_message = part("evil.corp", delivered("a@example1.com"), envid="other-" + ENVID)
+
+    def run_query(self, report: str) -> Answer:
+        d = self.gateway("inner.corp", "evil.corp", "third.corp", report=report).track(
+            ENVID, SECRET_B64
+        )
+        self.assertEqual(self.pool.hosts(), ["inner.corp", "evil.corp"])
+        self.pool.answer(
+            "evil.corp",
+            Answer.found([self.forged_inner, self.evil, self.forged_gateway, self.other_message]),
+        )
+        self.pool.answer("inner.corp", Answer.found([self.inner]))
+        return self.successResultOf(d)
+
+    def test_hops(self) -> None:
+        answer = self.run_query("hops")
+        # inner.corp's part is its own; evil.corp's claim is a part of
+        # evil.corp's answer; nothing names the gateway but its own part.
+        self.assertEqual(answer.parts, (self.local, self.inner, self.forged_inner, self.evil))
+        self.assertEqual(self.pool.hosts(), ["inner.corp", "evil.corp"], "third.corp not asked")
+        text = self.log.text()
+        self.assertIn("names this gateway", text)
+        self.assertIn("Original-Envelope-Id", text)
+        self.assertIn("evil.corp", text)
+
+    def test_combined(self) -> None:
+        (combined,) = self.run_query("combined").parts
+        self.assertEqual(combined.reporting_mta, f"dns; {GATEWAY}")
+        self.assertEqual(
+            combined.recipients, (delivered("a@example1.com"), delivered("b@example1.com"))
+        )
+        self.assertEqual(combined.extensions, ())
+
+    def test_inner_gateway_keeps_the_parts_it_passes_on(self) -> None:
+        """An inner host that chains itself: the parts from behind it stay in its answer."""
+        d = self.gateway("inner.corp", "evil.corp").track(ENVID, SECRET_B64)
+        behind = part("hidden.corp", delivered("b@example1.com"))
+        # evil.corp also passes on a (stale) copy of inner.corp's part.
+        stale = part("inner.corp", relayed("a@example1.com", "hidden.corp"))
+        self.pool.answer("evil.corp", Answer.found([self.evil, behind, stale]))
+        self.pool.answer("inner.corp", Answer.found([self.inner]))
+        self.assertEqual(
+            self.successResultOf(d).parts, (self.local, self.inner, self.evil, behind, stale)
+        )
+
+
 class ServiceTests(ChainTestCase):
     def test_service_is_the_pools(self) -> None:
         tracker = self.gateway("a.corp")

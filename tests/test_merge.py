@@ -6,8 +6,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from mtqpgw.merge import MODES, host_key, merge, merge_combined, merge_hops, referrals
-from mtqpgw.status import Action, RecipientStatus, TrackingStatus, address_of
+from mtqpgw.merge import (
+    MODES,
+    HostAnswer,
+    host_key,
+    merge,
+    merge_combined,
+    merge_hops,
+    referrals,
+    screen,
+)
+from mtqpgw.status import Action, RecipientStatus, TrackingStatus, address_of, mta_name
 
 ENVID = "12345-20010101@example.com"
 ARRIVED = "Mon, 1 Jan 2001 15:15:15 -0500"
@@ -59,6 +68,16 @@ INNER_10 = part("smtp.example3.com", block("user4@example3.com", original="user2
 GATEWAY_11 = part("example2.com", relayed("user1@example1.com"), relayed("user2@example1.com"))
 
 
+def asked(host: str, *parts: TrackingStatus) -> HostAnswer:
+    """The answer of the inner host ``host``, which the gateway asked: ``parts`` as it gave them."""
+    return HostAnswer(host, parts)
+
+
+def each(*parts: TrackingStatus) -> list[HostAnswer]:
+    """One inner host per part, each asked under the name its part reports as."""
+    return [HostAnswer(mta_name(p.reporting_mta) or p.reporting_mta, (p,)) for p in parts]
+
+
 def keys(ts: TrackingStatus) -> list[str | None]:
     return [b.join_key for b in ts.recipients]
 
@@ -75,15 +94,15 @@ class SeedExampleTests(SynchronousTestCase):
         seed lost the second part's "S:" prefixes (seed-defects.md); at the
         model level that does not matter.
         """
-        self.assertEqual(merge_hops(GATEWAY_10, [INNER_10]), (GATEWAY_10, INNER_10))
-        result = merge_hops(GATEWAY_10, [INNER_10])
+        self.assertEqual(merge_hops(GATEWAY_10, each(INNER_10)), (GATEWAY_10, INNER_10))
+        result = merge_hops(GATEWAY_10, each(INNER_10))
         self.assertIs(result[0], GATEWAY_10)
         self.assertIs(result[1], INNER_10)
 
     def test_example_10_consistent(self) -> None:
         """The consistent reading: the gateway relayed user1 and user2, both parts come out."""
         gateway = GATEWAY_11
-        self.assertEqual(merge_hops(gateway, [INNER_10]), (gateway, INNER_10))
+        self.assertEqual(merge_hops(gateway, each(INNER_10)), (gateway, INNER_10))
 
     def test_example_11_combined(self) -> None:
         """Seed example 11 (firewall, combining per-recipient blocks), from model values.
@@ -95,7 +114,7 @@ class SeedExampleTests(SynchronousTestCase):
         gateway's relayed block.  The seed's "Status:2.5.0" (no space,
         seed-defects.md) is a wire spelling; the model holds "2.5.0".
         """
-        (combined,) = merge_combined(GATEWAY_11, [INNER_10])
+        (combined,) = merge_combined(GATEWAY_11, each(INNER_10))
         expected = part(
             "example2.com",
             relayed("user1@example1.com"),
@@ -105,7 +124,7 @@ class SeedExampleTests(SynchronousTestCase):
 
     def test_example_11_from_example_10_as_printed(self) -> None:
         """With example 10's gateway part as printed, user2 is new to the gateway: it comes second."""
-        (combined,) = merge_combined(GATEWAY_10, [INNER_10])
+        (combined,) = merge_combined(GATEWAY_10, each(INNER_10))
         self.assertEqual(combined.recipients, GATEWAY_10.recipients + INNER_10.recipients)
         self.assertEqual(combined.reporting_mta, "dns; example2.com")
 
@@ -119,7 +138,7 @@ class CombinedTests(SynchronousTestCase):
     def test_inner_with_nothing_new_returns_local_itself(self) -> None:
         inner = part("smtp.example3.com", block("user9@example1.com", "opaque", "5.0.0"))
         local = part("example2.com", relayed("user9@example1.com"))
-        self.assertIs(merge_combined(local, [inner])[0], local)
+        self.assertIs(merge_combined(local, each(inner))[0], local)
 
     def test_nothing_at_all(self) -> None:
         self.assertEqual(merge_combined(None, []), ())
@@ -133,51 +152,61 @@ class CombinedTests(SynchronousTestCase):
             extensions=(("X-Queue", "abc"),),
         )
         deeper = part("mx2.corp.example.com", block("b@example1.com"))
-        (combined,) = merge_combined(None, [inner, deeper])
+        (combined,) = merge_combined(None, each(inner, deeper))
         # Without the gateway's name the first inner reporter stands.
         self.assertEqual(combined.reporting_mta, "dns; smtp.corp.example.com")
         self.assertEqual(combined.received_from_mta, "dns; client.example.net")
         self.assertEqual(combined.extensions, (("X-Queue", "abc"),))
         self.assertEqual(keys(combined), ["a@example1.com", "b@example1.com"])
-        (named,) = merge_combined(None, [inner, deeper], reporting_mta="gw.example.com")
+        (named,) = merge_combined(None, each(inner, deeper), reporting_mta="gw.example.com")
         self.assertEqual(named.reporting_mta, "dns; gw.example.com")
         self.assertEqual(named.arrival_date, ARRIVED)
-        (typed,) = merge_combined(None, [inner], reporting_mta="dns; gw.example.com")
+        (typed,) = merge_combined(None, each(inner), reporting_mta="dns; gw.example.com")
         self.assertEqual(typed.reporting_mta, "dns; gw.example.com")
 
     def test_reporting_mta_ignored_with_local_part(self) -> None:
-        (combined,) = merge_combined(GATEWAY_11, [INNER_10], reporting_mta="other.example")
+        (combined,) = merge_combined(GATEWAY_11, each(INNER_10), reporting_mta="other.example")
         self.assertEqual(combined.reporting_mta, "dns; example2.com")
 
     def test_deepest_hop_wins(self) -> None:
         local = part("example2.com", relayed("u@example1.com", "hop1.example"))
         hop1 = part("hop1.example", relayed("u@example1.com", "hop2.example"))
         hop2 = part("hop2.example", block("u@example1.com", original="u@example1.com"))
-        (combined,) = merge_combined(local, [hop1, hop2])
+        (combined,) = merge_combined(local, each(hop1, hop2))
         self.assertEqual(combined.recipients, hop2.recipients)
-        (partial,) = merge_combined(local, [hop1])
+        (partial,) = merge_combined(local, each(hop1))
         self.assertEqual(partial.recipients, hop1.recipients)
 
     def test_join_by_original_recipient_case_of_domain(self) -> None:
         local = part("example2.com", relayed("user@Example1.COM"))
         inner = part("in.example", block("user@host.example1.com", original="user@example1.com"))
-        (combined,) = merge_combined(local, [inner])
+        # The asked host decides, not the name a part reports under.
+        (combined,) = merge_combined(local, [asked("smtp.example3.com", inner)])
         self.assertEqual(combined.recipients, inner.recipients)
 
     def test_join_by_final_recipient_when_no_original(self) -> None:
-        local = part("example2.com", block("u@example1.com", "relayed", "2.1.9"))
+        local = part(
+            "example2.com",
+            block("u@example1.com", "relayed", "2.1.9", remote_mta="dns; in.example"),
+        )
         inner = part("in.example", block("u@example1.com", "failed", "5.2.2"))
-        (combined,) = merge_combined(local, [inner])
+        (combined,) = merge_combined(local, each(inner))
         self.assertEqual(combined.recipients, inner.recipients)
 
     def test_join_by_handed_on_address_carries_original(self) -> None:
         """A hop that got no ORCPT reports only the address the gateway handed it."""
         local = part(
             "example2.com",
-            block("alias@corp.example1.com", "relayed", "2.1.9", original="user@example1.com"),
+            block(
+                "alias@corp.example1.com",
+                "relayed",
+                "2.1.9",
+                original="user@example1.com",
+                remote_mta="dns; in.example",
+            ),
         )
         inner = part("in.example", block("alias@corp.example1.com"))
-        (combined,) = merge_combined(local, [inner])
+        (combined,) = merge_combined(local, each(inner))
         self.assertEqual(
             combined.recipients,
             (block("alias@corp.example1.com", original="user@example1.com"),),
@@ -190,7 +219,7 @@ class CombinedTests(SynchronousTestCase):
             block("box@corp.example1.com", "relayed", "2.1.9", original="b@example1.com"),
         )
         inner = part("in.example", block("box@corp.example1.com"))
-        (combined,) = merge_combined(local, [inner])
+        (combined,) = merge_combined(local, each(inner))
         self.assertEqual(combined.recipients, local.recipients + inner.recipients)
 
     def test_other_original_at_same_final_stays_apart(self) -> None:
@@ -199,7 +228,7 @@ class CombinedTests(SynchronousTestCase):
             block("box@example1.com", "relayed", "2.1.9", original="a@example1.com"),
         )
         inner = part("in.example", block("box@example1.com", original="z@example1.com"))
-        (combined,) = merge_combined(local, [inner])
+        (combined,) = merge_combined(local, each(inner))
         self.assertEqual(combined.recipients, local.recipients + inner.recipients)
 
     def test_unknown_action_kept(self) -> None:
@@ -207,7 +236,7 @@ class CombinedTests(SynchronousTestCase):
         inner = part(
             "in.example", block("u@example1.com", "queued", "4.0.0", original="u@example1.com")
         )
-        (combined,) = merge_combined(local, [inner])
+        (combined,) = merge_combined(local, [asked("smtp.example3.com", inner)])
         (only,) = combined.recipients
         self.assertEqual(only.action.value, "queued")
         self.assertEqual(only, inner.recipients[0])
@@ -217,14 +246,16 @@ class CombinedTests(SynchronousTestCase):
         inner = part(
             "in.example", block("u@example1.com", "opaque", "5.0.0", original="u@example1.com")
         )
-        self.assertIs(merge_combined(local, [inner])[0], local)
+        self.assertIs(merge_combined(local, [asked("smtp.example3.com", inner)])[0], local)
+        # The host behind it, in the same answer (an inner gateway whose own
+        # record is opaque), still tells.
         deeper = part("deep.example", block("u@example1.com", original="u@example1.com"))
-        (combined,) = merge_combined(local, [inner, deeper])
+        (combined,) = merge_combined(local, [asked("smtp.example3.com", inner, deeper)])
         self.assertEqual(combined.recipients, deeper.recipients)
 
     def test_opaque_alone_is_kept(self) -> None:
         inner = part("in.example", block("u@example1.com", "opaque", "5.0.0"))
-        (combined,) = merge_combined(None, [inner])
+        (combined,) = merge_combined(None, each(inner))
         self.assertEqual(combined.recipients, inner.recipients)
 
     def test_expansion_kept_whole(self) -> None:
@@ -236,7 +267,7 @@ class CombinedTests(SynchronousTestCase):
             block("b@example1.com", "failed", "5.1.1", original="team@example1.com"),
             block("a@example1.com", original="team@example1.com"),
         )
-        (combined,) = merge_combined(local, [inner])
+        (combined,) = merge_combined(local, [asked("smtp.example3.com", inner)])
         self.assertEqual(
             combined.recipients,
             inner.recipients[:2] + (relayed("x@example1.com"),),
@@ -255,7 +286,8 @@ class CombinedTests(SynchronousTestCase):
             block("z@example1.com", "failed", "5.0.0", original="z@example1.com"),
             block("b@example1.com", original="b@example1.com"),
         )
-        (combined,) = merge_combined(local, [hop1, hop2])
+        # One inner gateway's answer: its part and the one behind it.
+        (combined,) = merge_combined(local, [asked("smtp.example3.com", hop1, hop2)])
         self.assertEqual(
             keys(combined),
             ["b@example1.com", "a@example1.com", "z@example1.com", "y@example1.com"],
@@ -267,7 +299,7 @@ class CombinedTests(SynchronousTestCase):
         local = part("example2.com", relayed("u@example1.com"))
         inner = part("in.example", nameless, nameless)
         deeper = part("deep.example", nameless)
-        (combined,) = merge_combined(local, [inner, deeper])
+        (combined,) = merge_combined(local, each(inner, deeper))
         self.assertEqual(combined.recipients, (relayed("u@example1.com"), nameless))
 
 
@@ -278,13 +310,13 @@ class HopsTests(SynchronousTestCase):
         self.assertIs(result[0], GATEWAY_10)
 
     def test_no_local_part(self) -> None:
-        self.assertEqual(merge_hops(None, [INNER_10]), (INNER_10,))
+        self.assertEqual(merge_hops(None, each(INNER_10)), (INNER_10,))
 
     def test_path_order_kept(self) -> None:
         a = part("a.example", block("u@example1.com"))
         b = part("b.example", block("u@example1.com"))
         c = part("c.example", block("v@example1.com"))
-        self.assertEqual(merge_hops(GATEWAY_10, [b, a, c]), (GATEWAY_10, b, a, c))
+        self.assertEqual(merge_hops(GATEWAY_10, each(b, a, c)), (GATEWAY_10, b, a, c))
 
     def test_same_reporter_merged(self) -> None:
         first = part(
@@ -306,7 +338,9 @@ class HopsTests(SynchronousTestCase):
                 block("a@example1.com", original="a@example1.com"),
             ),
         )
-        merged, kept = merge_hops(None, [first, other, second])
+        # One host's answer (an inner gateway): its two parts from one
+        # reporter become one.
+        merged, kept = merge_hops(None, [asked("smtp.example3.com", first, other, second)])
         self.assertIs(kept, other)
         self.assertEqual(merged.reporting_mta, "dns; smtp.example3.com")
         self.assertEqual(merged.arrival_date, ARRIVED)
@@ -323,34 +357,173 @@ class HopsTests(SynchronousTestCase):
         )
 
     def test_duplicates_removed(self) -> None:
-        self.assertEqual(merge_hops(GATEWAY_10, [INNER_10, INNER_10]), (GATEWAY_10, INNER_10))
-        self.assertEqual(merge_hops(GATEWAY_10, [GATEWAY_10, INNER_10]), (GATEWAY_10, INNER_10))
+        self.assertEqual(merge_hops(GATEWAY_10, each(INNER_10, INNER_10)), (GATEWAY_10, INNER_10))
+        self.assertEqual(
+            merge_hops(GATEWAY_10, [asked("a.example", INNER_10, INNER_10)]),
+            (GATEWAY_10, INNER_10),
+        )
+        self.assertEqual(
+            merge_hops(GATEWAY_10, each(GATEWAY_10, INNER_10)), (GATEWAY_10, INNER_10)
+        )
 
     def test_local_never_merged(self) -> None:
         """An inner part that names the gateway as reporter stays a part of its own."""
         impostor = part("example2.com", block("x@example1.com"))
         self.assertEqual(
-            merge_hops(GATEWAY_10, [impostor, INNER_10]), (GATEWAY_10, impostor, INNER_10)
+            merge_hops(GATEWAY_10, each(impostor, INNER_10)), (GATEWAY_10, impostor, INNER_10)
         )
 
     def test_non_dns_reporters(self) -> None:
         a = TrackingStatus(ENVID, "x-local; Box", recipients=(block("a@example1.com"),))
         b = TrackingStatus(ENVID, "X-Local;  box", recipients=(block("b@example1.com"),))
         c = TrackingStatus(ENVID, "dns; x-local", recipients=(block("c@example1.com"),))
-        merged, other = merge_hops(None, [a, b, c])
+        merged, other = merge_hops(None, [asked("x.example", a, b, c)])
         self.assertEqual(keys(merged), ["a@example1.com", "b@example1.com"])
         self.assertIs(other, c)
+
+
+class HostileInnerHostTests(SynchronousTestCase):
+    """Review M2: one inner host cannot change another's part, nor speak as the gateway."""
+
+    # The gateway relayed a@ to inner.corp and b@ to evil.corp.
+    LOCAL = part(
+        "mtqp.example.com",
+        relayed("a@example1.com", "inner.corp.example.com"),
+        relayed("b@example1.com", "evil.corp.example.com"),
+    )
+    INNER = part("inner.corp.example.com", block("a@example1.com", original="a@example1.com"))
+    EVIL = part("evil.corp.example.com", block("b@example1.com", original="b@example1.com"))
+    # evil.corp claims to be inner.corp, and says a@ failed.
+    FORGED = part(
+        "Inner.Corp.Example.com.",
+        block("a@example1.com", "failed", "5.1.1", original="a@example1.com"),
+        extensions=(("X-Injected", "yes"),),
+    )
+
+    def test_screen_envid(self) -> None:
+        other = TrackingStatus("other@example.com", "dns; inner.corp.example.com")
+        bracketed = TrackingStatus(f" <{ENVID}> ", "dns; inner.corp.example.com")
+        upper = TrackingStatus(ENVID.upper(), "dns; inner.corp.example.com")
+        kept, refused = screen([self.INNER, other, bracketed, upper], f"<{ENVID}>", "gw")
+        self.assertEqual(kept, [self.INNER, bracketed])
+        self.assertEqual([p for p, _ in refused], [other, upper])
+        self.assertIn("Original-Envelope-Id", refused[0][1])
+        kept, refused = screen([self.INNER], ENVID, "gw")
+        self.assertEqual((kept, refused), ([self.INNER], []))
+
+    def test_screen_gateway_name(self) -> None:
+        forms = [
+            "dns; mtqp.example.com",
+            "DNS; MTQP.Example.COM.",
+            "x-local; mtqp.example.com",
+            "mtqp.example.com",
+        ]
+        parts = [TrackingStatus(ENVID, form) for form in forms]
+        kept, refused = screen([*parts, self.INNER], ENVID, "MTQP.example.com")
+        self.assertEqual(kept, [self.INNER])
+        self.assertEqual([p for p, _ in refused], parts)
+        self.assertIn("names this gateway", refused[0][1])
+        literal = TrackingStatus(ENVID, "dns; [192.0.2.1]")
+        self.assertEqual(screen([literal], ENVID, "192.0.2.1")[0], [])
+        # No name for the gateway: nothing is refused for it.
+        self.assertEqual(screen(parts, ENVID, "")[0], parts)
+
+    def test_hops_never_merges_across_hosts(self) -> None:
+        for order in (
+            [
+                asked("inner.corp.example.com", self.INNER),
+                asked("evil.corp.example.com", self.EVIL, self.FORGED),
+            ],
+            [
+                asked("evil.corp.example.com", self.FORGED, self.EVIL),
+                asked("inner.corp.example.com", self.INNER),
+            ],
+        ):
+            result = merge_hops(self.LOCAL, order)
+            self.assertIs(result[0], self.LOCAL)
+            self.assertIn(self.INNER, result, "inner.corp's own part is untouched")
+            self.assertIn(self.FORGED, result, "the claim stays a part of its own")
+            self.assertEqual(len(result), 4)
+
+    def test_hops_merges_within_one_hosts_answer(self) -> None:
+        later = part("inner.corp.example.com", block("c@example1.com", original="c@example1.com"))
+        (merged,) = merge_hops(None, [asked("inner.corp.example.com", self.INNER, later)])
+        self.assertEqual(keys(merged), ["a@example1.com", "c@example1.com"])
+
+    def test_combined_host_speaks_only_for_recipients_routed_to_it(self) -> None:
+        expected = (self.INNER.recipients[0], self.EVIL.recipients[0])
+        for order in (
+            [
+                asked("inner.corp.example.com", self.INNER),
+                asked("evil.corp.example.com", self.EVIL, self.FORGED),
+            ],
+            [
+                asked("evil.corp.example.com", self.FORGED, self.EVIL),
+                asked("inner.corp.example.com", self.INNER),
+            ],
+        ):
+            (combined,) = merge_combined(self.LOCAL, order)
+            self.assertEqual(combined.recipients, expected)
+            self.assertEqual(combined.extensions, ())
+
+    def test_combined_route_through_an_unconfigured_host_stays_in_one_answer(self) -> None:
+        """An inner gateway passes on the part of a host behind it: that part may replace its blocks."""
+        front = part(
+            "inner.corp.example.com",
+            relayed("a@example1.com", "hidden.corp.example.com"),
+        )
+        hidden = part(
+            "hidden.corp.example.com", block("a@example1.com", original="a@example1.com")
+        )
+        answer = asked("inner.corp.example.com", front, hidden)
+        (combined,) = merge_combined(self.LOCAL, [answer])
+        self.assertEqual(combined.recipients[0], hidden.recipients[0])
+        # The same part from a host it was not handed to changes nothing.
+        (combined,) = merge_combined(
+            self.LOCAL,
+            [asked("inner.corp.example.com", front), asked("evil.corp.example.com", hidden)],
+        )
+        self.assertEqual(combined.recipients[0], front.recipients[0])
+
+    def test_combined_fanout_first_teller_keeps_a_recipient(self) -> None:
+        """No local record: nothing was routed, so a later host cannot overwrite an earlier one."""
+        (combined,) = merge_combined(
+            None,
+            [
+                asked("inner.corp.example.com", self.INNER),
+                asked("evil.corp.example.com", self.FORGED),
+            ],
+        )
+        self.assertEqual(combined.recipients, self.INNER.recipients)
+        # ... unless the first handed the recipient on to it.
+        handing = part(
+            "inner.corp.example.com", relayed("a@example1.com", "evil.corp.example.com")
+        )
+        (combined,) = merge_combined(
+            None,
+            [
+                asked("inner.corp.example.com", handing),
+                asked("evil.corp.example.com", self.FORGED),
+            ],
+        )
+        self.assertEqual(combined.recipients, self.FORGED.recipients)
+
+    def test_host_answer_normalises(self) -> None:
+        answer = HostAnswer("[10.0.0.5]", iter([self.INNER]))
+        self.assertEqual((answer.host, answer.parts), ("10.0.0.5", (self.INNER,)))
+        self.assertIsNone(HostAnswer(None, []).host)
 
 
 class DispatchAndReferralTests(SynchronousTestCase):
     def test_merge_dispatch(self) -> None:
         self.assertEqual(MODES, ("hops", "combined"))
-        self.assertEqual(merge("hops", GATEWAY_10, [INNER_10]), (GATEWAY_10, INNER_10))
+        self.assertEqual(merge("hops", GATEWAY_10, each(INNER_10)), (GATEWAY_10, INNER_10))
         self.assertEqual(
-            merge("combined", GATEWAY_11, [INNER_10]), merge_combined(GATEWAY_11, [INNER_10])
+            merge("combined", GATEWAY_11, each(INNER_10)),
+            merge_combined(GATEWAY_11, each(INNER_10)),
         )
         self.assertEqual(
-            merge("combined", None, [INNER_10], reporting_mta="gw.example")[0].reporting_mta,
+            merge("combined", None, each(INNER_10), reporting_mta="gw.example")[0].reporting_mta,
             "dns; gw.example",
         )
         self.assertRaises(ValueError, merge, "final", GATEWAY_10, [])
@@ -404,35 +577,60 @@ class DispatchAndReferralTests(SynchronousTestCase):
 # recipients often.
 _ADDRESSES = [f"{name}@example1.com" for name in "abcdefg"]
 _ACTIONS = ["delivered", "relayed", "failed", "delayed", "queued"]
+_HOSTS = ["h0.example", "h1.example", "h2.example"]
+# How a Remote-MTA may spell a host: host_key makes them one.
+_SPELLINGS = [str, str.upper, lambda name: name.title() + "."]
 
 
 @st.composite
-def _keyed_part(draw: st.DrawFn, reporter: str) -> TrackingStatus:
-    """A part whose blocks all carry an Original-Recipient, one block per recipient."""
+def _routed_part(draw: st.DrawFn, reporter: str, next_host: str | None) -> TrackingStatus:
+    """A part whose blocks all carry an Original-Recipient, each handed on to ``next_host``."""
     originals = draw(st.lists(st.sampled_from(_ADDRESSES), unique=True, max_size=5))
-    blocks = tuple(
-        block(
-            draw(st.sampled_from(_ADDRESSES)),
-            draw(st.sampled_from(_ACTIONS)),
-            draw(st.sampled_from(["2.0.0", "4.0.0", "5.0.0"])),
-            original=original,
+    blocks = []
+    for original in originals:
+        if next_host is None:
+            action, remote = draw(st.sampled_from(_ACTIONS)), None
+        else:
+            action = draw(st.sampled_from(["relayed", "transferred"]))
+            remote = "dns; " + draw(st.sampled_from(_SPELLINGS))(next_host)
+        blocks.append(
+            block(
+                draw(st.sampled_from(_ADDRESSES)),
+                action,
+                draw(st.sampled_from(["2.0.0", "4.0.0", "5.0.0"])),
+                original=original,
+                remote_mta=remote,
+            )
         )
-        for original in originals
-    )
     return part(reporter, *blocks)
 
 
 @st.composite
+def _routed_chain(draw: st.DrawFn) -> tuple[TrackingStatus | None, list[TrackingStatus]]:
+    """The gateway (or no record) and the hops behind it, each handing its recipients on."""
+    hosts = [f"hop{i}.example" for i in range(1, draw(st.integers(0, 4)) + 1)]
+    local = None
+    if draw(st.booleans()):
+        local = draw(_routed_part("example2.com", hosts[0] if hosts else None))
+    hops = [
+        draw(_routed_part(host, hosts[i + 1] if i + 1 < len(hosts) else None))
+        for i, host in enumerate(hosts)
+    ]
+    return local, hops
+
+
+@st.composite
 def _any_part(draw: st.DrawFn, reporter: str) -> TrackingStatus:
-    """A part of any shape: no Original-Recipient, opaque, one recipient twice."""
+    """A part of any shape: no Original-Recipient, opaque, one recipient twice, any referral."""
     blocks = draw(
         st.lists(
             st.builds(
                 block,
                 st.sampled_from(_ADDRESSES),
-                st.sampled_from([*_ACTIONS, "opaque"]),
+                st.sampled_from([*_ACTIONS, "transferred", "opaque"]),
                 st.just("2.0.0"),
                 st.one_of(st.none(), st.sampled_from(_ADDRESSES)),
+                remote_mta=st.one_of(st.none(), st.sampled_from(_HOSTS).map("dns; {}".format)),
             ),
             max_size=6,
         )
@@ -441,37 +639,54 @@ def _any_part(draw: st.DrawFn, reporter: str) -> TrackingStatus:
 
 
 _REPORTERS = st.sampled_from(["hop1.example", "hop2.example", "Hop1.Example."])
+# Inner answers: which host was asked, and the parts it gave (any reporter).
+_ANSWERS = st.lists(
+    st.builds(
+        HostAnswer,
+        st.sampled_from(_HOSTS),
+        st.lists(_REPORTERS.flatmap(_any_part), min_size=1, max_size=3),
+    ),
+    max_size=4,
+)
 
 
 class MergePropertyTests(SynchronousTestCase):
     @settings(max_examples=200, deadline=None)
-    @given(
-        st.one_of(st.none(), _keyed_part("example2.com")),
-        st.lists(_REPORTERS.flatmap(_keyed_part), max_size=4),
-    )
+    @given(_routed_chain())
     def test_combined_every_recipient_once_from_deepest_hop(
-        self, local: TrackingStatus | None, inner: list[TrackingStatus]
+        self, chain: tuple[TrackingStatus | None, list[TrackingStatus]]
     ) -> None:
+        """Along a route, the deepest hop that knows a recipient gives its blocks.
+
+        A hop that does not know a recipient breaks its route: the hops
+        after it were not handed that recipient, so they cannot replace
+        what the last hop before the break said (review M2).
+        """
+        local, inner = chain
         hops = ([] if local is None else [local]) + inner
         expected_order = list(dict.fromkeys(k for h in hops for k in keys(h)))
-        deepest = {b.join_key: b for h in hops for b in h.recipients}
-        result = merge_combined(local, inner)
+        winner: dict[str | None, RecipientStatus] = {}
+        for key in expected_order:
+            knowing = [i for i, h in enumerate(hops) if key in keys(h)]
+            last = knowing[0]
+            while last + 1 in knowing:
+                last += 1
+            (winner[key],) = [b for b in hops[last].recipients if b.join_key == key]
+        result = merge_combined(local, each(*inner))
         if not hops:
             self.assertEqual(result, ())
             return
         (combined,) = result
         self.assertEqual(keys(combined), expected_order)
-        self.assertEqual(list(combined.recipients), [deepest[k] for k in expected_order])
+        self.assertEqual(list(combined.recipients), [winner[k] for k in expected_order])
 
     @settings(max_examples=200, deadline=None)
-    @given(
-        st.one_of(st.none(), _any_part("example2.com")),
-        st.lists(_REPORTERS.flatmap(_any_part), max_size=4),
-    )
+    @given(st.one_of(st.none(), _any_part("example2.com")), _ANSWERS)
     def test_combined_never_loses_a_recipient(
-        self, local: TrackingStatus | None, inner: list[TrackingStatus]
+        self, local: TrackingStatus | None, answers: list[HostAnswer]
     ) -> None:
-        result = merge_combined(local, inner)
+        inner = [p for answer in answers for p in answer.parts]
+        result = merge_combined(local, answers)
         if local is None and not inner:
             self.assertEqual(result, ())
             return
@@ -495,21 +710,28 @@ class MergePropertyTests(SynchronousTestCase):
             self.assertEqual(len(runs), len(set(runs)))
 
     @settings(max_examples=200, deadline=None)
-    @given(
-        st.one_of(st.none(), _any_part("example2.com")),
-        st.lists(_REPORTERS.flatmap(_any_part), max_size=4),
-    )
-    def test_hops_never_loses_a_recipient(
-        self, local: TrackingStatus | None, inner: list[TrackingStatus]
+    @given(st.one_of(st.none(), _any_part("example2.com")), _ANSWERS)
+    def test_hops_never_loses_a_recipient_nor_mixes_hosts(
+        self, local: TrackingStatus | None, answers: list[HostAnswer]
     ) -> None:
-        result = merge_hops(local, inner)
+        result = merge_hops(local, answers)
         if local is not None:
             self.assertIs(result[0], local)
-        reporters = [p.reporting_mta.lower().rstrip(".") for p in result]
-        self.assertEqual(
-            len(reporters[1 if local else 0 :]), len(set(reporters[1 if local else 0 :]))
-        )
         out = {(p.reporting_mta.lower().rstrip("."), k) for p in result for k in keys(p)}
-        for p in ([] if local is None else [local]) + inner:
+        for p in ([] if local is None else [local]) + [p for a in answers for p in a.parts]:
             for k in keys(p):
                 self.assertIn((p.reporting_mta.lower().rstrip("."), k), out)
+        # Review M2: every inner part that comes out holds one host's blocks only.
+        for p in result[1 if local is not None else 0 :]:
+            self.assertTrue(
+                any(
+                    set(p.recipients) <= {b for q in a.parts for b in q.recipients}
+                    for a in answers
+                ),
+                p,
+            )
+        # Within one host's answer, one part per reporter.
+        for answer in answers:
+            merged = merge_hops(None, [answer])
+            reporters = [q.reporting_mta.lower().rstrip(".") for q in merged]
+            self.assertEqual(len(reporters), len(set(reporters)))

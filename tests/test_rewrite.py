@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from mtqpgw.config import RewriteRule
-from mtqpgw.merge import merge_hops
+from mtqpgw.merge import HostAnswer, merge_hops
 from mtqpgw.rewrite import Rewriter
 from mtqpgw.status import Action, Answer, RecipientStatus, TrackingStatus
 
@@ -410,7 +410,9 @@ class SeedExample12Tests(SynchronousTestCase):
                 Rule("example3.com", "example1.com", addresses=True),
             ]
         )
-        answer = rw.answer(Answer.found(merge_hops(gateway, [inner])))
+        answer = rw.answer(
+            Answer.found(merge_hops(gateway, [HostAnswer("smtp.example3.com", [inner])]))
+        )
         expected = (
             part(dataclasses.replace(gateway.recipients[0], remote_mta="dns; example2.com")),
             part(
