@@ -337,17 +337,30 @@ class FuzzTests(SynchronousTestCase):
             if transport.disconnecting and closed_at is None:
                 closed_at = len(reader.responses)
 
-        # Whatever happened, the session is either closed for a documented
-        # reason, or it answers a COMMENT once the client behaves.
-        if not transport.disconnecting:
-            if transport.producer is not None:
-                transport.producer.resumeProducing()
-            proto.handshakeCompleted()  # if a STARTTLS was accepted
-            proto.dataReceived(b"\r\nCOMMENT\r\n")
-            sent += b"\r\nCOMMENT\r\n"
-            while tracker.pending:
+        def behave() -> None:
+            # The client reads again, answers come, a STARTTLS accepted meanwhile completes.
+            while True:
+                if transport.producer is not None:
+                    transport.producer.resumeProducing()
+                proto.handshakeCompleted()
+                if not tracker.pending:
+                    break
                 tracker.release()
+
+        # Whatever happened, the session is either closed for a documented
+        # reason, or it answers a COMMENT once the client behaves.  A COMMENT
+        # that followed an accepted STARTTLS in the clear is dropped, as it
+        # must be: then it is sent again inside TLS.
+        for line in (b"\r\nCOMMENT\r\n", b"COMMENT\r\n"):
+            if transport.disconnecting:
+                break
+            behave()
+            proto.dataReceived(line)
+            sent += line
+            behave()
             check(take(transport))
+            if not is_greeting(reader.responses[-1]):
+                break
         last = reader.responses[-1]
         if transport.disconnecting:
             self.assertIsNotNone(closing_reason(last), last)
