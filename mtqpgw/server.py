@@ -242,7 +242,7 @@ class MTQPServer(LineReceiver, TimeoutMixin):
             if self._discarding:
                 return
         super().dataReceived(data)
-        while self._refeed and not self.paused and self._state is _State.READY:
+        while self._refeed and not self.paused and self._state in (_State.READY, _State.INSECURE):
             self._refeed = False
             super().dataReceived(b"")
 
