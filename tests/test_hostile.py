@@ -277,14 +277,19 @@ class FuzzTests(SynchronousTestCase):
     """Arbitrary input never breaks a session; each line is answered once, in a well-formed line."""
 
     @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(chunks=_cut_stream(keep_quit=False))
-    def test_every_complete_line_is_answered(self, chunks: list[bytes]) -> None:
-        # High limits, no QUIT, answers at once and no TLS (STARTTLS is refused
-        # at once): then the count is exact after every read, not just at the end.
-        proto, transport, _ = open_session(QuickTracker(), HIGH_LIMITS)
+    @given(chunks=_cut_stream(keep_quit=False), tls=st.sampled_from(["none", "tls", "insecure"]))
+    def test_every_complete_line_is_answered(self, chunks: list[bytes], tls: str) -> None:
+        # High limits, no QUIT, answers at once, and a session that is in the
+        # clear without TLS on offer (STARTTLS is refused at once), or inside
+        # TLS, or inside TLS below policy (everything refused but QUIT): then
+        # the count is exact after every read, not just at the end.
+        server_tls = None if tls == "none" else FakeTLS(acceptable=tls == "tls")
+        proto, transport, _ = open_session(QuickTracker(), HIGH_LIMITS, server_tls)
+        if server_tls is not None:
+            proto.dataReceived(b"STARTTLS mtqp.example.com\r\n")
+            proto.handshakeCompleted()
+        take(transport)  # the greeting(s)
         reader = ResponseReader()
-        reader.feed(take(transport))
-        self.assertEqual(len(reader.responses), 1, "the greeting")
         sent = b""
         # Then end whatever line is open, and the session must still work.
         for chunk in [*chunks, b"\r\nCOMMENT\r\n"]:
@@ -292,9 +297,13 @@ class FuzzTests(SynchronousTestCase):
             sent += chunk
             reader.feed(take(transport))
             self.assertTrue(reader.whole, "a response was left half-written")
-            self.assertEqual(len(reader.responses) - 1, answerable_lines(sent), sent[-200:])
+            self.assertEqual(len(reader.responses), answerable_lines(sent), sent[-200:])
         self.assertFalse(transport.disconnecting)
-        self.assertEqual(reader.responses[-1].to_bytes(), COMMENT_OK)
+        last = reader.responses[-1]
+        if tls == "insecure":
+            self.assertEqual((last.indicator, last.reasons), (wire.Indicator.ERR, ("insecure",)))
+        else:
+            self.assertEqual(last.to_bytes(), COMMENT_OK)
 
     @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(session=_hostile_session())
