@@ -42,8 +42,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
+from mtqpgw import client, wire
 from mtqpgw import server as server_module
-from mtqpgw import wire
 from mtqpgw.chain import ChainingTracker
 from mtqpgw.config import ChainConfig, InnerHost
 from mtqpgw.report import answer_from_response
@@ -260,7 +260,7 @@ _EVENTS = ("tick", "handshake", "release", "stop-reading", "read")
 
 
 @st.composite
-def _hostile_session(draw: Callable[..., Any]) -> tuple[ServerLimits, bool, list[Any]]:
+def _hostile_session(draw: Callable[..., Any]) -> tuple[ServerLimits, bool, bool, list[Any]]:
     limits = ServerLimits(
         hostname=HOST,
         max_bad_commands=draw(st.sampled_from([0, 1, 3, 10**6])),
@@ -268,9 +268,46 @@ def _hostile_session(draw: Callable[..., Any]) -> tuple[ServerLimits, bool, list
         max_failed_tracks=draw(st.sampled_from([1, 10**6])),
     )
     quick = draw(st.booleans())
+    acceptable = draw(st.booleans())  # whether a TLS session meets the policy
     chunk = st.lists(_fragment, max_size=6).map(b"".join)
     events = draw(st.lists(st.one_of(chunk, chunk, st.sampled_from(_EVENTS)), max_size=25))
-    return limits, quick, events
+    return limits, quick, acceptable, events
+
+
+# What an inner host may send a client: pieces of answers, whole and broken.
+_ANSWER_PIECES = (
+    b"+OK+ Tracking information follows\r\n",
+    b"+OK Tracking\r\n",
+    b"-ERR/noinfo No such message\r\n",
+    b"-TEMP/unavailable Later\r\n",
+    b"-BAD/syntax What?\r\n",
+    b"+OK/MTQP again\r\n",
+    b'Content-Type: multipart/related; boundary="b"; type="message/tracking-status"\r\n',
+    b"Content-Type: message/tracking-status\r\n",
+    b"--b\r\n",
+    b"--b--\r\n",
+    b"Reporting-MTA: dns; inner.example\r\n",
+    b"Original-Envelope-Id: a@b\r\n",
+    b"Final-Recipient: rfc822; x@y\r\n",
+    b"Action: delivered\r\nStatus: 2.5.0\r\n",
+    b"Action: relayed\r\nRemote-MTA: dns; evil.example.net\r\n",
+    b"\r\n",
+    b".\r\n",
+    b"..\r\n",
+    b"\r",
+    b"\n",
+    b"\x00\x1b[31m",
+    fakes.canned_answer(),
+    fakes.canned_answer()[:-5],
+)
+_answer_stream = st.lists(
+    st.one_of(
+        st.sampled_from(_ANSWER_PIECES),
+        st.binary(max_size=10),
+        st.builds(_run, st.integers(990, 1005), st.sampled_from([b"Y", b"X: y"])),
+    ),
+    max_size=40,
+).map(b"".join)
 
 
 class FuzzTests(SynchronousTestCase):
@@ -307,10 +344,10 @@ class FuzzTests(SynchronousTestCase):
 
     @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(session=_hostile_session())
-    def test_anything_goes(self, session: tuple[ServerLimits, bool, list[Any]]) -> None:
-        limits, quick, events = session
+    def test_anything_goes(self, session: tuple[ServerLimits, bool, bool, list[Any]]) -> None:
+        limits, quick, acceptable, events = session
         tracker = HeldTracker(quick)
-        proto, transport, clock = open_session(tracker, limits, FakeTLS())
+        proto, transport, clock = open_session(tracker, limits, FakeTLS(acceptable=acceptable))
         reader = ResponseReader()
         sent = b""
         closed_at: int | None = None
@@ -373,8 +410,37 @@ class FuzzTests(SynchronousTestCase):
         last = reader.responses[-1]
         if transport.disconnecting:
             self.assertIsNotNone(closing_reason(last), last)
+        elif not acceptable and sum(map(is_greeting, reader.responses)) > 1:
+            # Inside TLS below policy: refused, but answered.
+            self.assertEqual((last.indicator, last.reasons), (wire.Indicator.ERR, ("insecure",)))
         else:
             self.assertEqual(last.to_bytes(), COMMENT_OK)
+
+    @settings(max_examples=300, deadline=None)
+    @given(answer=_answer_stream, cuts=st.lists(st.integers(0, 2000), max_size=8))
+    def test_client_survives_any_answer(self, answer: bytes, cuts: list[int]) -> None:
+        # The gateway's side: whatever an inner host sends after a TRACK,
+        # nothing escapes dataReceived and the query ends in an Answer or a
+        # ClientError (then the session is aborted), or is still waiting.
+        proto = client.MTQPClientProtocol(max_lines=200, max_octets=16384)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(b"+OK/MTQP inner.example MTQP server ready\r\n")
+        self.successResultOf(proto.ready)
+        outcome: list[Any] = []
+        proto.track("a@b", "YWJj").addBoth(outcome.append)
+        bounds = [0, *sorted(c for c in cuts if c < len(answer)), len(answer)]
+        for start, end in zip(bounds, bounds[1:], strict=False):
+            proto.dataReceived(answer[start:end])
+        if not outcome:
+            self.assertFalse(transport.disconnecting, "aborted, yet the query never ended")
+            return
+        (result,) = outcome
+        if isinstance(result, Failure):
+            self.assertTrue(result.check(client.ClientError), result)
+            self.assertTrue(transport.disconnecting, "a failed session is not kept")
+        else:
+            self.assertIsInstance(result, Answer)
 
 
 # --- slow and greedy clients on a StringTransport ----------------------------
