@@ -29,6 +29,11 @@ of the hosts behind it and answer for them, within 2 minutes.  For one TRACK:
    one L{HostAnswer} per inner host asked, so that one host's parts never
    merge into another's; the rewriter runs last, on every answer this
    tracker gives.
+   All of that runs on the reactor thread, so what one TRACK takes from its
+   inner hosts is capped (review M5): ``max_inner_octets`` and
+   ``max_inner_lines`` over all of them, on top of the pool's cap on each
+   answer.  Parts past the cap are dropped and logged, and the answer is
+   built from what was taken.
 6. Nothing known anywhere: the local tracker's own "unknown" answer, so an
    unknown envelope id and a wrong secret still answer alike.
 
@@ -53,7 +58,14 @@ from mtqpgw.pool import SessionPool
 from mtqpgw.server import is_failed_lookup
 from mtqpgw.status import Answer, Outcome, TrackingStatus
 
-__all__ = ["DEFAULT_DEADLINE", "RFC_LIMIT", "ChainingTracker"]
+__all__ = [
+    "DEFAULT_DEADLINE",
+    "DEFAULT_MAX_INNER_LINES",
+    "DEFAULT_MAX_INNER_OCTETS",
+    "RFC_LIMIT",
+    "ChainingTracker",
+    "part_size",
+]
 
 log = Logger()
 
@@ -61,10 +73,72 @@ log = Logger()
 RFC_LIMIT = 120.0
 DEFAULT_DEADLINE = 110.0
 DEFAULT_MAX_DEPTH = 4
+#: What one TRACK takes from all its inner hosts together, as serialised
+#: (review M5).  Merging, rewriting and serialising it holds up every other
+#: session of the gateway, so it is bounded like each inner answer is in
+#: pool.py (512 KiB): room for two inner hosts' full answers about a message
+#: to 1,000 recipients (~370 KiB and ~9,000 lines each), no more.
+DEFAULT_MAX_INNER_OCTETS = 1024 * 1024
+DEFAULT_MAX_INNER_LINES = 20_000
+
+# Wire names of the fields, for the size of a part as serialised.
+_MESSAGE_FIELDS = (
+    ("original_envelope_id", "Original-Envelope-Id"),
+    ("reporting_mta", "Reporting-MTA"),
+    ("arrival_date", "Arrival-Date"),
+    ("received_from_mta", "Received-From-MTA"),
+    ("dsn_gateway", "DSN-Gateway"),
+)
+_RECIPIENT_FIELDS = (
+    ("original_recipient", "Original-Recipient"),
+    ("final_recipient", "Final-Recipient"),
+    ("status", "Status"),
+    ("remote_mta", "Remote-MTA"),
+    ("diagnostic_code", "Diagnostic-Code"),
+    ("last_attempt_date", "Last-Attempt-Date"),
+    ("will_retry_until", "Will-Retry-Until"),
+)
+# A part's own lines in the report: its delimiter, Content-Type, blank line.
+_PART_LINES, _PART_OCTETS = 3, 80
 
 _LATE = Answer.temp(
     ("unavailable",), "Tracking information not available in time; try again later"
 )
+
+
+def part_size(part: TrackingStatus) -> tuple[int, int]:
+    """About the ``(lines, octets)`` of ``part`` in a report, as serialised (ASCII assumed).
+
+    An estimate from the model, cheap next to serialising (within a few per
+    cent; folding is guessed from the width alone): the cost of a part to
+    the gateway grows with these, and they are what the per-TRACK caps count.
+    """
+    lines, octets = _PART_LINES, _PART_OCTETS
+
+    def field(name: str, value: str | None) -> None:
+        nonlocal lines, octets
+        if value is not None:
+            width = len(name) + len(value) + 2  # ": "
+            # status.serialise_tracking_status folds at white space past 78
+            # octets, elsewhere only past 998.
+            fold = 78 if (" " in value or "\t" in value) else 998
+            extra = (width - 1) // fold
+            lines += 1 + extra
+            octets += width + 2 + 3 * extra  # CRLF, and CRLF + WSP per fold
+
+    for attribute, name in _MESSAGE_FIELDS:
+        field(name, getattr(part, attribute))
+    for name, value in part.extensions:
+        field(name, value)
+    for block in part.recipients:
+        lines += 1  # the blank line before each recipient's group
+        octets += 2
+        field("Action", block.action.value)
+        for attribute, name in _RECIPIENT_FIELDS:
+            field(name, getattr(block, attribute))
+        for name, value in block.extensions:
+            field(name, value)
+    return lines, octets
 
 
 def _text(value: Any, default: str) -> str:
@@ -81,6 +155,8 @@ class ChainingTracker:
     ``port``, ``tls``, ``cafile``).  ``service`` closes pooled sessions when
     the daemon stops.  ``pool`` is for tests: anything with ``track(inner,
     envid, secret, secure) -> Deferred[Answer]`` and a ``service``.
+    ``max_inner_octets`` and ``max_inner_lines`` cap what one TRACK takes
+    from all its inner hosts together (``part_size``).
     """
 
     def __init__(
@@ -91,6 +167,9 @@ class ChainingTracker:
         hostname: str,
         reactor: Any = None,
         pool: Any = None,
+        *,
+        max_inner_octets: int = DEFAULT_MAX_INNER_OCTETS,
+        max_inner_lines: int = DEFAULT_MAX_INNER_LINES,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -119,6 +198,8 @@ class ChainingTracker:
                 log.warn("Inner host {name} is this gateway's own name; never asked", name=name)
                 continue
             self.inner.setdefault(name, inner)
+        self.max_inner_octets = max_inner_octets
+        self.max_inner_lines = max_inner_lines
         self.pool = pool if pool is not None else SessionPool(reactor)
         self.service = self.pool.service
 
@@ -162,6 +243,11 @@ class _Query:
         # something; sorted by the first two, that is path order.
         self.results: list[tuple[int, int, str, list[TrackingStatus]]] = []
         self.failed: list[str] = []
+        # What the inner parts taken so far cost (part_size), and whether
+        # the per-TRACK cap was reached: then every later part is dropped.
+        self.taken_lines = 0
+        self.taken_octets = 0
+        self.full = False
         self.started = time.monotonic()
 
     # -- start and stop -----------------------------------------------------
@@ -307,7 +393,7 @@ class _Query:
             return
         if answer.outcome is Outcome.OK and answer.parts and not is_failed_lookup(answer):
             try:
-                parts = self._screen(name, answer.parts)
+                parts = self._take(name, self._screen(name, answer.parts))
                 if parts:
                     self.results.append((depth, order, name, parts))
                 self._launch(self.tracker.targets_for(parts), depth + 1)
@@ -343,6 +429,30 @@ class _Query:
                 why=why,
             )
         return kept
+
+    def _take(self, name: str, parts: list[TrackingStatus]) -> list[TrackingStatus]:
+        """The parts that fit in what is left of the per-TRACK cap; past it, none (logged)."""
+        tracker = self.tracker
+        for index, part in enumerate(parts):
+            if not self.full:
+                lines, octets = part_size(part)
+                lines += self.taken_lines
+                octets += self.taken_octets
+                if lines <= tracker.max_inner_lines and octets <= tracker.max_inner_octets:
+                    self.taken_lines, self.taken_octets = lines, octets
+                    continue
+                self.full = True
+            log.warn(
+                "TRACK {envid}: dropped {count} part(s) from inner host {host}: one TRACK "
+                "takes at most {octets} octets and {lines} lines from its inner hosts",
+                envid=self.envid,
+                count=len(parts) - index,
+                host=name,
+                octets=tracker.max_inner_octets,
+                lines=tracker.max_inner_lines,
+            )
+            return parts[:index]
+        return parts
 
     def _inner_failed(self, failure: Failure, name: str) -> None:
         self.running.pop(name, None)

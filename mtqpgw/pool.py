@@ -60,9 +60,18 @@ __all__ = [
 log = Logger()
 
 DEFAULT_PORT = 1038
-#: Caps on one inner answer: a misbehaving inner host costs bounded memory.
+#: Caps on one inner answer.  An answer is parsed, merged, rewritten and
+#: serialised on the reactor thread, so its size is a stall of every other
+#: session of the gateway, not only memory (review M5): one answer of
+#: 3 MB held them all for 1.1 s.  A real one is far smaller: a message to
+#: 1,000 recipients (Postfix's default limit), every field present with a
+#: Diagnostic-Code sentence, is a report of ~370 KiB and ~9,000 lines; one
+#: with the usual fields ~200 KiB.  512 KiB keeps that with room and bounds
+#: the work.  Lines are cheap next to octets (10,000 short lines parse in
+#: ~20 ms), and 1,000 recipients need ~9,000 of them, so the line cap stays
+#: at 10,000.  chain.py caps what one TRACK takes from all its inner hosts.
 DEFAULT_MAX_LINES = 10_000
-DEFAULT_MAX_OCTETS = 4 * 1024 * 1024
+DEFAULT_MAX_OCTETS = 512 * 1024
 
 #: A connector makes one ready session for (inner host, TLS mode).
 Connector = Callable[[Any, str], "defer.Deferred[Any]"]

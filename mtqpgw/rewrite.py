@@ -102,18 +102,42 @@ _SPACE = re.compile(r"\s")
 # Leading and trailing dots and hyphens of a piece are punctuation, not name.
 _PIECE = re.compile(r"([.-]*)(.*?)([.-]*)", re.DOTALL)
 
-_SCAN = re.compile(
-    r"""
-    # an address literal: [10.0.0.5], [IPv6:2001:db8::5], kept bracketed
-    \[(?P<literal>[A-Za-z0-9:.]+)\]
-    # anything else made of host-name characters; colons too, for IPv6.
-    # Everything else, "@" "/" "=" included, ends a token: there are no
-    # addresses in free text (see the module docstring).  Starts only after
-    # a delimiter, so a run is scanned once, not once per character.
-    | (?<![A-Za-z0-9_.:-])(?P<word>[A-Za-z0-9_.:-]+)
-    """,
-    re.VERBOSE,
-)
+# A token of free text: a run of host-name characters, colons too for IPv6.
+# Everything else, "@" "/" "=" and brackets included, ends a token: there
+# are no addresses in free text (see the module docstring).  A bracketed
+# literal is its inside, so "[10.0.0.5]" keeps its brackets.
+_TOKEN = re.compile(r"[A-Za-z0-9_.:-]+")
+_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
+# Tokens whose rewriting is remembered (a report repeats its host names);
+# past this many the memory starts again, so it stays bounded.
+_MEMO_SIZE = 4096
+
+
+def _needles(rules: Iterable[_Rule]) -> re.Pattern[str] | None:
+    """A pattern that finds, in any text, every token that a rule could match; None if none can.
+
+    Only for globs: a name a glob matches holds the glob's longest run
+    without ``*`` or ``?``, and that run is made of token characters, so a
+    token that holds none of the rules' runs is matched by no rule and
+    needs no look (review M5: free text is most of an answer, and most of
+    its tokens are no host names).  A regular expression promises nothing
+    of the kind, and neither does a glob with no such run: then None, and
+    every token is looked at.
+    """
+    runs = set()
+    for rule in rules:
+        if rule.source[:3].lower() == "re:":
+            return None
+        run = max(re.split(r"[*?]", match_subject(rule.source).lower()), key=len)
+        if not run:
+            return None
+        runs.add(run)
+    if not runs:
+        return None
+    # ASCII case folding only: a token is ASCII, and Unicode folding would
+    # find a run in a Kelvin sign, outside any token.
+    ordered = sorted(runs, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, ordered)), re.IGNORECASE | re.ASCII)
 
 
 def _is_ip(text: str) -> bool:
@@ -171,6 +195,8 @@ class Rewriter:
 
     def __init__(self, rules: Iterable[RuleLike] = ()) -> None:
         self._rules = tuple(_compile(rule) for rule in rules)
+        self._needles = _needles(self._rules)
+        self._memo: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"Rewriter({[rule.source for rule in self._rules]!r})"
@@ -270,19 +296,45 @@ class Rewriter:
         """Free text with every host name and address that a rule matches replaced."""
         if not text:
             return text
+        needles = self._needles
+        # An IPv4-mapped IPv6 address in hex ("::ffff:a00:5") is matched as
+        # the IPv4 one, whose text is nowhere in it: look at every token.
+        if needles is None or (":" in text and "ffff" in text.lower()):
+            return self._every_token(text)
+        pieces: list[str] = []
+        done = 0  # text[:done] is in pieces
+        for hit in needles.finditer(text):
+            if hit.start() < done:
+                continue  # in a token already rewritten
+            start = hit.start()
+            while start > done and text[start - 1] in _TOKEN_CHARS:
+                start -= 1
+            token = _TOKEN.match(text, start)
+            assert token is not None  # text[start] is a token character
+            pieces.append(text[done:start])
+            pieces.append(self._word(token.group()))
+            done = token.end()
+        if not pieces:
+            return text
+        pieces.append(text[done:])
+        return "".join(pieces)
 
-        def substitute(m: re.Match[str]) -> str:
-            literal = m.group("literal")
-            if literal is not None:
-                if _is_ip(_without_ipv6_tag(literal)):
-                    rule = self._rule_for(literal)
-                    return m.group(0) if rule is None else f"[{rule.replace}]"
-                return f"[{self._word(literal)}]"
-            return self._word(m.group("word"))
-
-        return _SCAN.sub(substitute, text)
+    def _every_token(self, text: str) -> str:
+        """``_text`` looking at every token: what the needles only make faster."""
+        return _TOKEN.sub(lambda m: self._word(m.group()), text)
 
     def _word(self, word: str) -> str:
+        memo = self._memo
+        done = memo.get(word)
+        if done is None:
+            done = self._rewrite_word(word)
+            if len(word) <= _MAX_NAME:
+                if len(memo) >= _MEMO_SIZE:
+                    memo.clear()
+                memo[word] = done
+        return done
+
+    def _rewrite_word(self, word: str) -> str:
         # Dots and hyphens around a token are punctuation ("at 10.0.0.5.",
         # "..mx1.corp.example.com"), and so is a colon after an address
         # ("from 2001:db8::5: refused"), unless it belongs to it ("2001:db8::").

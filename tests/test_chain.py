@@ -18,7 +18,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from mtqpgw.certifier import certifier_for_secret
-from mtqpgw.chain import ChainingTracker
+from mtqpgw.chain import ChainingTracker, part_size
 from mtqpgw.config import ChainConfig, InnerHost, RewriteRule
 from mtqpgw.rewrite import Rewriter
 from mtqpgw.status import Action, Answer, Outcome, RecipientStatus, TrackingStatus
@@ -163,6 +163,7 @@ class ChainTestCase(SynchronousTestCase):
         max_depth: int = 4,
         rules: tuple[RewriteRule, ...] = (),
         unknown_message: str = "noinfo",
+        **limits: int,
     ) -> ChainingTracker:
         chain = ChainConfig(
             deadline=self.deadline,
@@ -173,7 +174,7 @@ class ChainTestCase(SynchronousTestCase):
         )
         local = LocalTracker(self.store, GATEWAY, unknown_message)
         return ChainingTracker(
-            local, chain, Rewriter(rules), GATEWAY, reactor=self.clock, pool=self.pool
+            local, chain, Rewriter(rules), GATEWAY, reactor=self.clock, pool=self.pool, **limits
         )
 
 
@@ -717,6 +718,86 @@ class HostileInnerTests(ChainTestCase):
         self.assertEqual(
             self.successResultOf(d).parts, (self.local, self.inner, self.evil, behind, stale)
         )
+
+
+def big_part(reporter: str, size: int, *extra: RecipientStatus) -> TrackingStatus:
+    """A part of about ``size`` octets as serialised: one recipient with long X- fields."""
+    value = "x" * 900
+    count = max(1, size // 915)
+    block = delivered("big@example1.com").evolve(
+        extensions=tuple((f"X-F{i}", value) for i in range(count))
+    )
+    return part(reporter, block, *extra)
+
+
+class AnswerSizeTests(ChainTestCase):
+    """Review M5: what one TRACK takes from all its inner hosts is capped."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.log = LogCapture(self)
+        self.local = part(
+            GATEWAY,
+            relayed("a@example1.com", "a.corp"),
+            relayed("b@example1.com", "b.corp"),
+            relayed("c@example1.com", "c.corp"),
+        )
+        self.store.add(self.local)
+
+    def test_part_size_is_the_serialised_size(self) -> None:
+        from mtqpgw.status import serialise_tracking_status
+
+        for ts in (
+            self.local,
+            big_part("a.corp", 50_000),
+            part(
+                "a.corp", delivered("a@example1.com").evolve(diagnostic_code="smtp; " + "w " * 400)
+            ),
+        ):
+            lines = serialise_tracking_status(ts)
+            octets = sum(len(line) + 2 for line in lines)
+            estimate = part_size(ts)
+            self.assertLessEqual(abs(estimate[0] - (len(lines) + 3)), 2)
+            self.assertLessEqual(abs(estimate[1] - (octets + 80)), octets // 50 + 10)
+
+    def test_default_cap_is_a_mebibyte(self) -> None:
+        tracker = self.gateway("a.corp", "b.corp", "c.corp")
+        self.assertEqual((tracker.max_inner_octets, tracker.max_inner_lines), (1 << 20, 20_000))
+        d = tracker.track(ENVID, SECRET_B64)
+        a = big_part("a.corp", 500_000)
+        b = big_part("b.corp", 500_000)
+        c = big_part("c.corp", 500_000, relayed("c@example1.com", "d.corp"))
+        self.pool.answer("a.corp", Answer.found([a]))
+        self.pool.answer("c.corp", Answer.found([c]))
+        self.pool.answer("b.corp", Answer.found([b]))
+        # a.corp and c.corp came first and fill the mebibyte; b.corp's part
+        # is dropped, logged, and the answer is built from the rest.
+        self.assertEqual(self.successResultOf(d).parts, (self.local, a, c))
+        self.assertIn("dropped 1 part(s) from inner host b.corp", self.log.text())
+
+    def test_dropped_parts_are_not_followed(self) -> None:
+        tracker = self.gateway("a.corp", "b.corp", "c.corp", "d.corp")
+        tracker.max_inner_octets = part_size(big_part("a.corp", 3_000))[1]
+        d = tracker.track(ENVID, SECRET_B64)
+        a = big_part("a.corp", 3_000)
+        self.pool.answer("a.corp", Answer.found([a]))
+        # Past the cap: a small part later is dropped too, and its referral
+        # to d.corp is never followed.
+        small = part("b.corp", relayed("b@example1.com", "d.corp"))
+        self.pool.answer("b.corp", Answer.found([small]))
+        self.pool.answer("c.corp", Answer.noinfo())
+        self.assertEqual(self.successResultOf(d).parts, (self.local, a))
+        self.assertEqual(self.pool.hosts(), ["a.corp", "b.corp", "c.corp"])
+
+    def test_line_cap(self) -> None:
+        tracker = self.gateway("a.corp", "b.corp", "c.corp", max_inner_lines=30)
+        d = tracker.track(ENVID, SECRET_B64)
+        first = part("a.corp", *(delivered(f"u{i}@example1.com") for i in range(2)))
+        many = part("b.corp", *(delivered(f"v{i}@example1.com") for i in range(3)))
+        self.pool.answer("a.corp", Answer.found([first, many]))
+        self.pool.answer("b.corp", Answer.noinfo())
+        self.pool.answer("c.corp", Answer.noinfo())
+        self.assertEqual(self.successResultOf(d).parts, (self.local, first))
 
 
 class ServiceTests(ChainTestCase):

@@ -366,6 +366,59 @@ class MisbehavingInnerHostTests(TestCase):
         self.assertEqual(len(answer.parts), 3)
 
 
+class AnswerSizeTests(TestCase):
+    """Review M5: an inner answer over the pool's 512 KiB cap costs that host, at once."""
+
+    timeout = 20
+
+    async def setUp(self) -> None:
+        self.net = Harness(self)
+        self.local = chain_part(
+            GATEWAY, block("a@example1.com", Action.RELAYED, "big.corp.example.com")
+        )
+
+    def report(self, recipients: int, padding: int = 0) -> tuple[TrackingStatus, bytes]:
+        from mtqpgw.report import response_for_answer
+
+        blocks = tuple(
+            RecipientStatus(
+                original_recipient=f"rfc822; user{i:04d}@example1.com",
+                final_recipient=f"rfc822; user{i:04d}@example1.com",
+                action=Action.FAILED,
+                status="5.1.1 (Mailbox unavailable)",
+                diagnostic_code=f"smtp; 550 5.1.1 <user{i:04d}@example1.com>: Recipient "
+                "address rejected: User unknown in local recipient table",
+                last_attempt_date="Mon, 30 Nov 2026 19:15:03 -0500",
+                extensions=(("X-Padding", "p" * padding),) if padding else (),
+            )
+            for i in range(recipients)
+        )
+        part = chain_part("big.corp.example.com", *blocks)
+        return part, response_for_answer(Answer.found([part])).to_bytes()
+
+    async def ask_big(self, recipients: int, padding: int = 0) -> tuple[Answer, float, int]:
+        part, response = self.report(recipients, padding)
+        factory = fakes.FakeServerFactory(fakes.CannedServer, response=response)
+        inner = InnerHost("big.corp.example.com", "127.0.0.1", self.net.listen(factory), "off")
+        port, _, _ = await self.net.gateway((inner,), self.local, deadline=10)
+        started = time.monotonic()
+        answer = await self.net.ask(port, CHAIN_ENVID)
+        return answer, time.monotonic() - started, len(response)
+
+    async def test_a_thousand_recipients_fit(self) -> None:
+        answer, _, size = await self.ask_big(1000)
+        self.assertGreater(size, 300_000)
+        self.assertEqual(len(answer.parts), 2)
+        self.assertEqual(len(answer.parts[1].recipients), 1000)
+
+    async def test_over_the_cap_costs_that_host(self) -> None:
+        # Under the 10,000-line cap, over the octet cap.
+        answer, elapsed, size = await self.ask_big(1000, 300)
+        self.assertGreater(size, 512 * 1024)
+        self.assertEqual(answer, Answer.found([self.local]))
+        self.assertLess(elapsed, 5, "refused as the cap passed, not at the deadline")
+
+
 class InnerTLSTests(TestCase):
     """STARTTLS towards inner hosts: required with a CA file, and the upgrade for secure clients."""
 

@@ -285,6 +285,36 @@ class IdleTimeoutTests(PoolTestCase):
     def test_default_idle_timeout_is_well_under_autologout(self) -> None:
         self.assertLess(SessionPool(self.clock).idle_timeout, 600 / 2)
 
+    def test_default_answer_caps_bound_the_stall(self) -> None:
+        """Review M5: each inner answer is at most 512 KiB and 10,000 lines.
+
+        A report about a message to 1,000 recipients, every field present,
+        fits (about 370 KiB, 9,000 lines); the old 4 MiB cap let one answer
+        hold the reactor for over a second.
+        """
+        from mtqpgw.report import response_for_answer
+        from mtqpgw.status import Action, RecipientStatus
+
+        pool = SessionPool(self.clock)
+        self.assertEqual((pool.max_octets, pool.max_lines), (512 * 1024, 10_000))
+        blocks = tuple(
+            RecipientStatus(
+                original_recipient=f"rfc822; user{i:04d}@example1.com",
+                final_recipient=f"rfc822; user{i:04d}@mbox.example1.com",
+                action=Action.FAILED,
+                status="5.1.1 (Mailbox unavailable)",
+                remote_mta="dns; mx1.corp.example.com",
+                diagnostic_code=f"smtp; 550 5.1.1 <user{i:04d}@example1.com>: Recipient "
+                "address rejected: User unknown in local recipient table",
+                last_attempt_date="Mon, 30 Nov 2026 19:15:03 -0500",
+            )
+            for i in range(1000)
+        )
+        report = TrackingStatus("e@example.com", "dns; mx1.corp.example.com", recipients=blocks)
+        response = response_for_answer(Answer.found([report]))
+        self.assertLess(len(response.to_bytes()), pool.max_octets * 3 // 4)
+        self.assertLess(len(response.lines or ()), pool.max_lines)
+
 
 class CancelTests(PoolTestCase):
     def test_cancel_while_connecting_aborts_the_attempt(self) -> None:

@@ -606,3 +606,69 @@ class RewritePropertyTests(SynchronousTestCase):
             self.assertNotIn("corp.example.com", value.lower(), value)
             self.assertIsNone(_INNER_IP_IN_TEXT.search(value), value)
         self.assertEqual(_FREE_TEXT_RULES.part(out), out)
+
+
+# Review M5: the needles only make free-text rewriting faster, never different.
+_GLOB_RULES = [
+    Rewriter([Rule("*.corp.example.com", "example.com"), Rule("10.*", "example.com")]),
+    Rewriter([Rule("mx?.corp.example.com", "a.example"), Rule("[10.0.0.*]", "b.example")]),
+    Rewriter([Rule("smtp*.example3.*", "example2.com"), Rule("fd00::*", "v6.example")]),
+]
+_PIECES = st.sampled_from(
+    [
+        "mx1.corp.example.com",
+        "MX7.CORP.EXAMPLE.COM.",
+        "smtp1.example3.com",
+        "10.0.0.5",
+        "10.9",
+        "fd00::5",
+        "::ffff:a00:5",
+        "::FFFF:10.0.0.7",
+        "[IPv6:fd00::6]",
+        "corp.example.com",
+        "\u212a",  # KELVIN SIGN: folds to "k" in Unicode, never in a token
+        "x",
+        "550",
+        "-",
+        ".",
+        ":",
+        "_",
+    ]
+)
+_PUNCT = st.sampled_from(["", " ", "@", "/", "=", "[", "]", "(", ")", "<", ">", '"', ",", ";"])
+
+
+class NeedleTests(SynchronousTestCase):
+    @settings(max_examples=400, deadline=None)
+    @given(
+        st.sampled_from(_GLOB_RULES),
+        st.lists(st.tuples(_PUNCT, _PIECES), max_size=12).map(
+            lambda pairs: "".join(p + q for p, q in pairs)
+        ),
+    )
+    def test_fast_path_equals_looking_at_every_token(self, rw: Rewriter, text: str) -> None:
+        self.assertEqual(rw._text(text), rw._every_token(text))
+        # And again, with what the first call remembered.
+        self.assertEqual(rw._text(text), rw._every_token(text))
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.sampled_from(_GLOB_RULES), st.text(max_size=60))
+    def test_fast_path_equals_on_any_text(self, rw: Rewriter, text: str) -> None:
+        self.assertEqual(rw._text(text), rw._every_token(text))
+
+    def test_which_rules_have_needles(self) -> None:
+        self.assertIsNotNone(HIDE_CORP._needles)
+        self.assertIsNone(Rewriter([Rule(r"re:mx\d", "example.com")])._needles)
+        self.assertIsNone(Rewriter([Rule("*", "example.com")])._needles)
+        self.assertIsNone(Rewriter()._needles)
+
+    def test_memo_is_bounded(self) -> None:
+        from mtqpgw import rewrite
+
+        rw = Rewriter([Rule("*.corp.example.com", "example.com")])
+        text = " ".join(f"h{i}.corp.example.com" for i in range(rewrite._MEMO_SIZE + 10))
+        self.assertEqual(rw._text(text), " ".join(["example.com"] * (rewrite._MEMO_SIZE + 10)))
+        self.assertLessEqual(len(rw._memo), rewrite._MEMO_SIZE)
+        long_word = "a" * 300 + ".corp.example.com"
+        rw._text(long_word)
+        self.assertNotIn(long_word, rw._memo)
