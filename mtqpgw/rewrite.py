@@ -108,6 +108,9 @@ _PIECE = re.compile(r"([.-]*)(.*?)([.-]*)", re.DOTALL)
 # literal is its inside, so "[10.0.0.5]" keeps its brackets.
 _TOKEN = re.compile(r"[A-Za-z0-9_.:-]+")
 _TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
+# The domain of a recipient field's address: "rfc822; u@[10.0.0.5]",
+# "rfc822; <u@mx.example.com> ".
+_ADDRESS_DOMAIN = re.compile(r"@(\[[^\[\]\s]*\]|[^@\s<>\[\]]+)>?\s*\Z")
 # Tokens whose rewriting is remembered (a report repeats its host names);
 # past this many the memory starts again, so it stays bounded.
 _MEMO_SIZE = 4096
@@ -281,16 +284,17 @@ class Rewriter:
 
     def _address(self, value: str | None) -> str | None:
         """Original-/Final-Recipient: the domain only, and only under an ``addresses`` rule."""
-        if not value or "@" not in value:
+        if not value:
             return value
-        local, at, domain = value.rpartition("@")
-        core = domain.strip()
-        rule = None if _SPACE.search(core) else self._rule_for(core)
+        # The domain after the last "@", an address literal or a name, with
+        # the ">" and white space that may close the field kept as they are.
+        found = _ADDRESS_DOMAIN.search(value)
+        if found is None:
+            return value
+        rule = self._rule_for(found.group(1))
         if rule is None or not rule.addresses:
             return value
-        # Keep the white space after the domain exactly as it came.
-        start = domain.index(core)
-        return local + at + domain[:start] + rule.replace + domain[start + len(core) :]
+        return value[: found.start(1)] + rule.replace + value[found.end(1) :]
 
     def _text(self, text: str | None) -> str | None:
         """Free text with every host name and address that a rule matches replaced."""

@@ -293,6 +293,16 @@ class FieldTests(SynchronousTestCase):
         out = Rewriter(rules).part(part(block)).recipients[0]
         self.assertEqual(out.original_recipient, "rfc822; mx1.corp.example.com@example.com")
         self.assertEqual(out.final_recipient, "rfc822; q=10.0.0.5@example.com ")
+        for written, expected in (
+            ("rfc822; <u@mbox.corp.example.com>", "rfc822; <u@example.com>"),
+            ("rfc822; <u@[10.0.0.5]> ", "rfc822; <u@example.com> "),
+            ("rfc822; u@mbox.corp.example.com.", "rfc822; u@example.com"),
+            ("rfc822; u@a b.corp.example.com", "rfc822; u@a b.corp.example.com"),
+            ("x400; c=us; a=corp.example.com", "x400; c=us; a=corp.example.com"),
+        ):
+            field = recipient(final_recipient=written)
+            out = Rewriter(rules).part(part(field)).recipients[0]
+            self.assertEqual(out.final_recipient, expected, written)
 
     def test_ipv6_in_text(self) -> None:
         rw = Rewriter([Rule(r"re:2001:db8:.*", "example.com")])
