@@ -459,16 +459,7 @@ class MTQPServer(LineReceiver, TimeoutMixin):
                 )
             )
             return
-        # Counted as a failure now and forgiven if it finds its message, so
-        # that guesses run in parallel on several connections count too.
-        token = factory.throttle.record_failure(self.peer_host, now)
-        if factory.throttle.blocked(self.peer_host, now):
-            log.warn(
-                "Throttling TRACKs from {peer}: {n} failed within {window:g}s",
-                peer=self.peer_host,
-                n=factory.throttle.limit,
-                window=factory.throttle.window,
-            )
+        factory.throttle.started(self.peer_host)
         started = time.monotonic()
         try:
             d = defer.maybeDeferred(
@@ -477,13 +468,12 @@ class MTQPServer(LineReceiver, TimeoutMixin):
         except Exception:  # maybeDeferred catches; this is belt and braces
             d = defer.fail()
         self._in_flight = d
-        d.addCallback(self._answer_ready, command.envid, started, token)
-        d.addErrback(self._track_failed, command.envid, token)
+        d.addCallback(self._answer_ready, command.envid, started)
+        d.addErrback(self._track_failed, command.envid)
         d.addBoth(self._track_done, d)
 
-    def _answer_ready(self, answer: Answer, envid: str, started: float, token: Any) -> None:
-        if not is_failed_lookup(answer):
-            self.factory.throttle.forgive(token)
+    def _answer_ready(self, answer: Answer, envid: str, started: float) -> None:
+        self._throttle_finished(failed=is_failed_lookup(answer))
         log.info(
             "TRACK {envid} from {peer}: {outcome} in {duration:.3f}s",
             envid=envid,
@@ -493,12 +483,28 @@ class MTQPServer(LineReceiver, TimeoutMixin):
         )
         self._write(response_for_answer(answer).to_bytes())
 
-    def _track_failed(self, failure: Failure, envid: str, token: Any) -> None:
+    def _track_failed(self, failure: Failure, envid: str) -> None:
         if failure.check(defer.CancelledError) and self._state is _State.CLOSING:
-            return  # the client left mid-TRACK: its count stands
-        self.factory.throttle.forgive(token)  # our failure, not a wrong guess
+            # The client left mid-TRACK: it counts as a failed guess, or
+            # hanging up before the answer would be a free one.
+            self._throttle_finished(failed=True)
+            return
+        self._throttle_finished(failed=False)  # our failure, not a wrong guess
         log.failure("TRACK {envid} from {peer} failed", failure, envid=envid, peer=self.peer_host)
         self._write(_TRACKING_UNAVAILABLE)
+
+    def _throttle_finished(self, failed: bool) -> None:
+        throttle, now = self.factory.throttle, self.factory.clock.seconds()
+        before = throttle.failures(self.peer_host, now)
+        throttle.finished(self.peer_host, now, failed)
+        if throttle.failures(self.peer_host, now) >= throttle.limit > before:
+            # One line when an address crosses the limit, not one per guess.
+            log.warn(
+                "Throttling TRACKs from {peer}: {n} failed within {window:g}s",
+                peer=self.peer_host,
+                n=throttle.limit,
+                window=throttle.window,
+            )
 
     def _track_done(self, _: object, d: defer.Deferred[Any]) -> None:
         if self._in_flight is d:

@@ -51,6 +51,8 @@ class FailureThrottle:
         self.exempt = parse_networks(exempt)
         self.max_addresses = max_addresses
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        # TRACKs in flight per client: bounded by the connections open.
+        self._running: dict[str, int] = {}
 
     def is_exempt(self, address: str) -> bool:
         try:
@@ -73,22 +75,51 @@ class FailureThrottle:
         return stamps
 
     def blocked(self, address: str, now: float) -> bool:
-        """Whether TRACKs from ``address`` are refused at ``now``."""
-        if self.is_exempt(address):
-            return False
-        stamps = self._recent(client_key(address), now)
-        return stamps is not None and len(stamps) >= self.limit
+        """Whether TRACKs from ``address`` are refused at ``now``.
 
-    def record_failure(self, address: str, now: float) -> tuple[str, float] | None:
-        """Count one failed TRACK (unknown envelope id or wrong secret).
-
-        The server counts a TRACK when it starts, before the answer is known,
-        so that guesses run in parallel over several connections are counted
-        too; it hands the returned token to L{forgive} when the TRACK turns
-        out to have succeeded.  None for an exempt address.
+        Refused once ``limit`` TRACKs failed in the window; and, once one has
+        failed, also when the failures and the TRACKs still running together
+        reach ``limit``, so guesses run in parallel over several connections
+        count before their answers arrive.  A client with no failure is never
+        refused for TRACKs in flight: a slow chained answer is not a guess.
         """
         if self.is_exempt(address):
-            return None
+            return False
+        key = client_key(address)
+        stamps = self._recent(key, now)
+        failed = 0 if stamps is None else len(stamps)
+        if failed >= self.limit:
+            return True
+        return failed > 0 and failed + self._running.get(key, 0) >= self.limit
+
+    def failures(self, address: str, now: float) -> int:
+        """Failed TRACKs from ``address`` in the window ending at ``now``."""
+        stamps = self._recent(client_key(address), now)
+        return 0 if stamps is None else len(stamps)
+
+    def started(self, address: str) -> None:
+        """A TRACK from ``address`` is in flight; L{finished} must follow."""
+        if not self.is_exempt(address):
+            key = client_key(address)
+            self._running[key] = self._running.get(key, 0) + 1
+
+    def finished(self, address: str, now: float, failed: bool) -> None:
+        """The TRACK L{started} for ``address`` ended; ``failed``: it found nothing."""
+        if self.is_exempt(address):
+            return
+        key = client_key(address)
+        left = self._running.get(key, 1) - 1
+        if left > 0:
+            self._running[key] = left
+        else:
+            self._running.pop(key, None)
+        if failed:
+            self.record_failure(address, now)
+
+    def record_failure(self, address: str, now: float) -> None:
+        """Count one failed TRACK (unknown envelope id or wrong secret)."""
+        if self.is_exempt(address):
+            return
         key = client_key(address)
         stamps = self._recent(key, now)
         if stamps is None:
@@ -97,22 +128,6 @@ class FailureThrottle:
         self._failures.move_to_end(key)
         while len(self._failures) > self.max_addresses:
             self._failures.popitem(last=False)
-        return key, now
-
-    def forgive(self, token: tuple[str, float] | None) -> None:
-        """Take back a count made by L{record_failure}: that TRACK found its message."""
-        if token is None:
-            return
-        key, stamp = token
-        stamps = self._failures.get(key)
-        if stamps is None:
-            return
-        try:
-            stamps.remove(stamp)
-        except ValueError:
-            return  # aged out, or pushed out by newer failures
-        if not stamps:
-            del self._failures[key]
 
     def __len__(self) -> int:
         return len(self._failures)

@@ -470,14 +470,38 @@ class ThrottleTests(ServerTestCase):
         self.assertTrue(transport.value().startswith(b"+OK+"), "the window passed")
 
     def test_parallel_guesses_are_counted(self) -> None:
-        # Guesses in flight on several connections count before they answer.
+        # Once a guess has failed, guesses still in flight count too.
         self.limits = ServerLimits(hostname=HOST, max_failed_tracks=3)
-        sessions = [self.session("192.0.2.1") for _ in range(5)]
+        sessions = [self.session("192.0.2.1") for _ in range(4)]
+        sessions[0][0].dataReceived(TRACK)
+        sessions[1][0].dataReceived(TRACK)
+        self.tracker.answer(Answer.noinfo())  # one failure, one in flight
+        sessions[2][0].dataReceived(TRACK)  # 1 failed + 2 running: the limit
+        sessions[3][0].dataReceived(TRACK)
+        self.assertEqual(len(self.tracker.calls), 3)
+        self.assertTrue(sessions[3][1].value().startswith(b"-TEMP/unavailable"))
+
+    def test_slow_valid_tracks_are_not_failures(self) -> None:
+        # Ten honest TRACKs waiting on a slow chain from one address (a NAT,
+        # a portal) are not guesses: nothing has failed (re-review finding 7).
+        self.limits = ServerLimits(hostname=HOST, max_failed_tracks=3)
+        sessions = [self.session("192.0.2.1") for _ in range(10)]
         for proto, _ in sessions:
             proto.dataReceived(TRACK)
-        self.assertEqual(len(self.tracker.calls), 3, "the 4th and 5th were refused at once")
-        for _, transport in sessions[3:]:
-            self.assertTrue(transport.value().startswith(b"-TEMP/unavailable"))
+        self.assertEqual(len(self.tracker.calls), 10)
+        for _ in range(10):
+            self.tracker.answer(FOUND)
+        self.assertTrue(all(t.value().startswith(b"+OK+") for _, t in sessions))
+
+    def test_hanging_up_mid_track_counts(self) -> None:
+        self.limits = ServerLimits(hostname=HOST, max_failed_tracks=2)
+        for _ in range(2):
+            proto, _ = self.session("192.0.2.1")
+            proto.dataReceived(TRACK)
+            proto.connectionLost(None)
+        proto, transport = self.session("192.0.2.1")
+        proto.dataReceived(TRACK)
+        self.assertTrue(transport.value().startswith(b"-TEMP/unavailable"))
 
     def test_success_is_forgiven(self) -> None:
         self.limits = ServerLimits(hostname=HOST, max_failed_tracks=2)

@@ -47,18 +47,24 @@ class ThrottleTests(SynchronousTestCase):
             t.record_failure(f"198.51.{i // 256}.{i % 256}", 0)
         self.assertEqual(len(t), 100)
 
-    def test_forgive_takes_back_one_count(self) -> None:
-        t = FailureThrottle(limit=2, window=600)
-        t.record_failure("192.0.2.1", 0)
-        token = t.record_failure("192.0.2.1", 1)
-        self.assertTrue(t.blocked("192.0.2.1", 2))
-        t.forgive(token)
-        self.assertFalse(t.blocked("192.0.2.1", 2))
-        t.forgive(token)  # twice is harmless
-        t.forgive(None)  # exempt addresses get no token
-        self.assertIsNone(
-            FailureThrottle(1, 10, exempt=["192.0.2.0/24"]).record_failure("192.0.2.1", 0)
-        )
+    def test_running_counts_only_after_a_failure(self) -> None:
+        t = FailureThrottle(limit=3, window=600)
+        for _ in range(10):
+            t.started("192.0.2.1")
+        self.assertFalse(t.blocked("192.0.2.1", 0), "in flight, nothing failed yet")
+        t.finished("192.0.2.1", 1, failed=True)  # 1 failed, 9 running
+        self.assertTrue(t.blocked("192.0.2.1", 1))
+        for _ in range(9):
+            t.finished("192.0.2.1", 2, failed=False)
+        self.assertFalse(t.blocked("192.0.2.1", 2), "1 failed, none running")
+        self.assertEqual(t._running, {}, "no entry kept for idle clients")
+
+    def test_exempt_never_counted(self) -> None:
+        t = FailureThrottle(limit=1, window=600, exempt=["192.0.2.0/24"])
+        t.started("192.0.2.1")
+        t.finished("192.0.2.1", 0, failed=True)
+        self.assertFalse(t.blocked("192.0.2.1", 0))
+        self.assertEqual((len(t), t._running), (0, {}))
 
     def test_parse_networks(self) -> None:
         nets = parse_networks(["192.0.2.1", "10.0.0.0/8", "2001:db8::/32"])
