@@ -35,7 +35,10 @@ class Hop:
     ``host`` is the name asked (as the user or a Remote-MTA gave it,
     normalised by L{hop_host}); ``server`` the ``host:port`` that answered
     (after SRV discovery); ``answer`` None when ``error`` says why there is
-    none; ``referral`` how this hop came to be asked (None for the first).
+    none; ``referral`` how this hop came to be asked (None for the first);
+    ``greeting`` True when ``answer`` is the server's negative greeting
+    (``-TEMP/MTQP/admin``): the server was reached and said no before any
+    TRACK was sent.
     """
 
     host: str
@@ -43,6 +46,7 @@ class Hop:
     error: str | None = None
     server: str | None = None
     referral: Referral | None = None
+    greeting: bool = False
 
 
 class Referral(NamedTuple):

@@ -5,7 +5,9 @@ The server is found as RFC 3887 section 2 says (L{mtqpgw.dns}): SRV
 targets in RFC 2782 order, moving to the next on connection failure, else the
 host's address on port 1038.  The answer is printed readably, raw (the MIME
 body) or as JSON (interface.md section 4).  Exit statuses: 0 a report, 1 a
-negative answer (-ERR, -TEMP, -BAD), 2 usage or connection errors.
+negative answer (-ERR, -TEMP, -BAD; also a negative greeting such as
+``-TEMP/MTQP/admin`` when no SRV target took a session: the server was
+reached and said no), 2 usage or connection errors.
 
 ``run(reactor, args, out, err)`` does the work on a running reactor (tests
 call it); ``main(args)`` runs the reactor around it for the command line.
@@ -24,7 +26,7 @@ from twisted.internet import defer, endpoints, error, task
 from twisted.python.failure import Failure
 
 from mtqpgw import wire
-from mtqpgw.client import ClientError, MTQPClientProtocol, TLSMode, connect
+from mtqpgw.client import ClientError, MTQPClientProtocol, TLSMode, UnexpectedGreeting, connect
 from mtqpgw.dns import (
     MTQP_PORT,
     DiscoveryError,
@@ -156,6 +158,27 @@ def _can_name_for_starttls(host: str) -> bool:
     return True
 
 
+def _greeting_answer(exc: BaseException) -> Answer | None:
+    """The negative answer a refusing greeting gives (``-TEMP/MTQP/admin``), else None.
+
+    The "MTQP" of the greeting only says which protocol is speaking; it is
+    not a reason, so it is dropped (interface.md's ``reason`` lists codes
+    like ``admin``).
+    """
+    if not isinstance(exc, UnexpectedGreeting) or exc.response is None:
+        return None
+    response = exc.response
+    if response.is_positive:
+        return None  # a positive greeting that is not MTQP: not a server's answer
+    reasons = tuple(r for r in response.reasons if r != "mtqp")
+    if response.indicator is wire.Indicator.TEMP:
+        return Answer.temp(reasons, response.text)
+    if response.indicator is wire.Indicator.BAD:
+        return Answer(Outcome.BAD, reasons=reasons, text=response.text)
+    # -ERR in a greeting is a refusal of the session, whatever its reason.
+    return Answer.error(reasons, response.text)
+
+
 @dataclass
 class _Asked:
     """One hop's result, with the raw response kept for --raw."""
@@ -239,6 +262,12 @@ class _Asker:
         except DiscoveryError as e:
             return _Asked(Hop(host, error=str(e), referral=referral))
         attempts: list[str] = []
+        # The first target that greeted negatively (-TEMP/MTQP/admin): the
+        # next target may be up, so it is not the end; but when none takes a
+        # session, that server's answer is the outcome: it was reached and
+        # said no (exit 1), which "could not reach" would misstate.  The
+        # first such, in SRV order, is the most preferred server's word.
+        refused: _Asked | None = None
         for target in targets:
             server = _server_text(target.host, target.port)
             try:
@@ -253,9 +282,15 @@ class _Asker:
                 except Exception as e:
                     # Before the session is ready nothing was asked: on to the
                     # next address or SRV target (RFC 2782 usage rules).
+                    answer = _greeting_answer(e)
+                    if answer is not None and refused is None:
+                        hop = Hop(host, answer, server=server, referral=referral, greeting=True)
+                        refused = _Asked(hop)
                     attempts.append(f"{where}: {_why(e, self.timeout)}")
                     continue
                 return await self._track(proto, host, server, envid, secret, referral)
+        if refused is not None:
+            return refused
         if len(attempts) == 1:
             why = f"could not reach {attempts[0]}"
         else:
@@ -299,9 +334,25 @@ _NEGATIVE = {
 }
 
 
-def _negative_text(answer: Answer) -> str:
+#: A negative greeting refuses the session itself, before any TRACK.
+_REFUSED_SESSION = {
+    Outcome.TEMP: "the server is temporarily unavailable",
+    Outcome.ERROR: "the server refused the session",
+    Outcome.BAD: "the server refused the session",
+}
+
+_ADMIN = "admin"
+
+
+def _negative_text(answer: Answer, greeting: bool = False) -> str:
+    """One phrase for a negative answer; *greeting* when it was the server's greeting."""
     if GARBLED in answer.reasons:
         what = "sent an answer that could not be read"
+    elif answer.outcome is Outcome.TEMP and _ADMIN in answer.reasons:
+        # Greeting or TRACK, -TEMP/admin says the same: down on purpose.
+        what = "the server is down for administration"
+    elif greeting:
+        what = _REFUSED_SESSION.get(answer.outcome, "the server refused the session")
     else:
         what = _NEGATIVE.get(answer.outcome, answer.outcome.value)
     reasons = f" ({'/'.join(answer.reasons)})" if answer.reasons else ""
@@ -365,7 +416,7 @@ def render_text(envid: str, path: Sequence[Hop], after: Plan | None = None) -> s
         if hop.answer is None:
             lines.append(f"{title}: did not answer: {hop.error}")
         elif not hop.answer.ok:
-            lines.append(f"{title}: {_negative_text(hop.answer)}")
+            lines.append(f"{title}: {_negative_text(hop.answer, hop.greeting)}")
         else:
             lines.append(f"{title}:")
             for part in hop.answer.parts:
@@ -491,7 +542,7 @@ async def _run(
         if first.response is not None and first.response.lines is not None:
             _write_raw(out, first.response.lines)
             return EXIT_OK
-        err.write(f"{_PROG}: {hop.server}: {_negative_text(hop.answer)}\n")
+        err.write(f"{_PROG}: {hop.server}: {_negative_text(hop.answer, hop.greeting)}\n")
         return _exit_status(hop.answer) or EXIT_NEGATIVE
 
     path = [hop]
@@ -512,7 +563,7 @@ async def _run(
     elif hop.answer.ok:
         out.write(render_text(request.envid, path, after))
     else:
-        err.write(f"{_PROG}: {hop.server}: {_negative_text(hop.answer)}\n")
+        err.write(f"{_PROG}: {hop.server}: {_negative_text(hop.answer, hop.greeting)}\n")
     if tofu is not None:
         for problem in getattr(tofu, "problems", ()):
             err.write(f"{_PROG}: warning: {problem}\n")

@@ -371,6 +371,117 @@ class DiscoveryEndToEndTests(TrackTestCase):
         )
 
 
+class NegativeGreetingTests(TrackTestCase):
+    """A server that greets with -TEMP or -ERR was reached and said no: exit 1, not "unreachable"."""
+
+    ADMIN = b"-TEMP/MTQP/admin down.test MTQP service down for administration\r\n"
+
+    def refusing(self, greeting: bytes) -> int:
+        return listen(self, ScriptedFactory(None, greeting=greeting))
+
+    async def test_admin_down(self) -> None:
+        port = self.refusing(self.ADMIN)
+        code, out, err = await self.track("--server", f"127.0.0.1:{port}", ENVID, SECRET)
+        self.assertEqual(
+            (code, out, err),
+            (
+                1,
+                "",
+                f"mtqp track: 127.0.0.1:{port}: the server is down for administration (admin): "
+                "down.test MTQP service down for administration\n",
+            ),
+        )
+
+    async def test_admin_down_json(self) -> None:
+        port = self.refusing(self.ADMIN)
+        code, out, err = await self.track("--json", "--server", f"127.0.0.1:{port}", ENVID, SECRET)
+        self.assertEqual((code, err), (1, ""))
+        self.assertEqual(
+            json.loads(out),
+            {
+                "status": "temp",
+                "server": f"127.0.0.1:{port}",
+                "reason": ["admin"],
+                "text": "down.test MTQP service down for administration",
+            },
+        )
+
+    async def test_refused_session_json(self) -> None:
+        port = self.refusing(b"-ERR/MTQP/unavailable Not today\r\n")
+        code, out, err = await self.track("--json", "--server", f"127.0.0.1:{port}", ENVID, SECRET)
+        self.assertEqual(code, 1)
+        self.assertEqual(
+            json.loads(out),
+            {
+                "status": "error",
+                "server": f"127.0.0.1:{port}",
+                "reason": ["unavailable"],
+                "text": "Not today",
+            },
+        )
+
+    async def test_refused_session_readable(self) -> None:
+        port = self.refusing(b"-ERR/MTQP/unavailable Not today\r\n")
+        code, out, err = await self.track("--server", f"127.0.0.1:{port}", ENVID, SECRET)
+        self.assertEqual((code, out), (1, ""))
+        self.assertEqual(
+            err,
+            f"mtqp track: 127.0.0.1:{port}: the server refused the session (unavailable): "
+            "Not today\n",
+        )
+
+    async def test_real_admin_down_server(self) -> None:
+        """This project's server with admin_down set: its greeting, as the daemon sends it."""
+        down = MTQPServerFactory(FixedTracker(Answer.noinfo()), ServerLimits(hostname="down.test"))
+        down.admin_down = True
+        self.name("down.test", listen(self, down))
+        code, out, err = await self.track(uri("down.test"))
+        self.assertEqual((code, out), (1, ""))
+        self.assertIn(": the server is down for administration (admin): ", err)
+        self.assertNotIn("could not reach", err)
+        self.assertNotIn("mtqp/", err.lower())
+
+    async def test_every_target_refuses_first_answer_wins(self) -> None:
+        """Each target is still tried; when none takes a session, the first refusal is the outcome."""
+        first = self.refusing(self.ADMIN)
+        second = self.refusing(b"-ERR/MTQP/unavailable Not today\r\n")
+        self.zone.add_srv("_mtqp._tcp.mail.test", "a.test", first, priority=1)
+        self.zone.add_srv("_mtqp._tcp.mail.test", "b.test", second, priority=2)
+        self.zone.add_a("a.test")
+        self.zone.add_a("b.test")
+        code, out, err = await self.track("--json", uri("mail.test"))
+        self.assertEqual(code, 1)
+        self.assertEqual(json.loads(out)["server"], f"a.test:{first}")
+        self.assertEqual(json.loads(out)["reason"], ["admin"])
+        self.assertEqual(self.zone.asked("b.test", "A"), 1, "the second target was tried")
+
+    async def test_refusal_beats_a_dead_target(self) -> None:
+        dead = await dead_port()
+        down = self.refusing(self.ADMIN)
+        self.zone.add_srv("_mtqp._tcp.mail.test", "dead.test", dead, priority=1)
+        self.zone.add_srv("_mtqp._tcp.mail.test", "down.test", down, priority=2)
+        self.zone.add_a("dead.test")
+        self.zone.add_a("down.test")
+        code, out, err = await self.track(uri("mail.test"))
+        self.assertEqual(code, 1)
+        self.assertTrue(err.startswith(f"mtqp track: down.test:{down}: the server is down"), err)
+
+    async def test_follow_shows_a_refusing_hop(self) -> None:
+        self.name("down.test", self.refusing(self.ADMIN))
+        self.serve_named(
+            "hop1.test",
+            Answer.found([part("hop1.test", rcpt("a", Action.TRANSFERRED, "2.0.0", "down.test"))]),
+        )
+        code, out, err = await self.track("--follow", uri("hop1.test"))
+        self.assertEqual((code, err), (0, ""))
+        down = self.zone.records[b"_mtqp._tcp.down.test"][0].port
+        self.assertIn(
+            f"Hop 2: down.test at down.test:{down}, named by hop1.test: "
+            "the server is down for administration (admin): ",
+            out,
+        )
+
+
 # -- answers and output -----------------------------------------------------------
 
 
