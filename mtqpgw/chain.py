@@ -32,8 +32,8 @@ of the hosts behind it and answer for them, within 2 minutes.  For one TRACK:
    All of that runs on the reactor thread, so what one TRACK takes from its
    inner hosts is capped (review M5): ``max_inner_octets`` and
    ``max_inner_lines`` over all of them, on top of the pool's cap on each
-   answer.  Parts past the cap are dropped and logged, and the answer is
-   built from what was taken.
+   answer, and ``MAX_PARTS_PER_ANSWER`` parts per answer.  Parts past a cap
+   are dropped and logged, and the answer is built from what was taken.
 6. Nothing known anywhere: the local tracker's own "unknown" answer, so an
    unknown envelope id and a wrong secret still answer alike.
 
@@ -62,6 +62,7 @@ __all__ = [
     "DEFAULT_DEADLINE",
     "DEFAULT_MAX_INNER_LINES",
     "DEFAULT_MAX_INNER_OCTETS",
+    "MAX_PARTS_PER_ANSWER",
     "RFC_LIMIT",
     "ChainingTracker",
     "part_size",
@@ -80,6 +81,13 @@ DEFAULT_MAX_DEPTH = 4
 #: to 1,000 recipients (~370 KiB and ~9,000 lines each), no more.
 DEFAULT_MAX_INNER_OCTETS = 1024 * 1024
 DEFAULT_MAX_INNER_LINES = 20_000
+#: The parts one inner answer may bring (review M5).  An answer has one part
+#: per reporting MTA on the message's path behind that host: one for a plain
+#: MTA, a handful for an inner gateway, tens for a deep tree of them (seed
+#: examples: 1 or 2).  200 is far past any real path, and bounds what costs
+#: per part whatever its size (screening, merging, the report's boundaries,
+#: a log line per refused part) to a small multiple of one part's.
+MAX_PARTS_PER_ANSWER = 200
 
 # Wire names of the fields, for the size of a part as serialised.
 _MESSAGE_FIELDS = (
@@ -418,6 +426,16 @@ class _Query:
 
     def _screen(self, name: str, parts: Sequence[TrackingStatus]) -> list[TrackingStatus]:
         """The parts of ``name``'s answer the gateway may use; the others are logged and dropped."""
+        if len(parts) > MAX_PARTS_PER_ANSWER:
+            log.warn(
+                "TRACK {envid}: dropped {count} part(s) from inner host {host}: an inner "
+                "answer brings at most {limit} parts",
+                envid=self.envid,
+                count=len(parts) - MAX_PARTS_PER_ANSWER,
+                host=name,
+                limit=MAX_PARTS_PER_ANSWER,
+            )
+            parts = parts[:MAX_PARTS_PER_ANSWER]
         kept, refused = screen(parts, self.envid, self.tracker.hostname)
         for part, why in refused:
             log.warn(

@@ -289,38 +289,63 @@ def _mta_field(name: str) -> str:
 
 
 def _merge_by_reporter(parts: Iterable[TrackingStatus]) -> list[TrackingStatus]:
-    """One host's parts with those of one Reporting-MTA made one, in order of first appearance."""
-    merged: list[TrackingStatus] = []
-    slot_of: dict[str, int] = {}
+    """One host's parts with those of one Reporting-MTA made one, in order of first appearance.
+
+    Linear in the parts' size (review M5): each reporter keeps one roster
+    and one set of extensions that every later part of it is added to, and
+    its merged part is built once, at the end.  Building a merged part per
+    part, as this once did, costs the square of the recipients so far.
+    """
+    groups: dict[str, _SameReporter] = {}
+    order: list[_SameReporter] = []
     for part in parts:
         key = _reporter_key(part)
-        index = slot_of.get(key)
-        if index is None:
-            slot_of[key] = len(merged)
-            merged.append(part)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = _SameReporter(part)
+            order.append(group)
         else:
-            merged[index] = _merge_same_reporter(merged[index], part)
-    return merged
+            group.add(part)
+    return [group.part() for group in order]
 
 
-def _merge_same_reporter(earlier: TrackingStatus, later: TrackingStatus) -> TrackingStatus:
-    if later == earlier:
-        return earlier
-    fills = {
-        name: getattr(later, name)
-        for name in _OPTIONAL_MESSAGE_FIELDS
-        if getattr(earlier, name) is None and getattr(later, name) is not None
-    }
-    # Two answers from one reporter describe the same records: blocks are
-    # joined by key only, and none is altered.
-    roster = _Roster(join_by_final=False, carry_original=False, routed=False)
-    roster.add(earlier.recipients)
-    roster.add(later.recipients)
-    return earlier.evolve(
-        extensions=tuple(dict.fromkeys(earlier.extensions + later.extensions)),
-        recipients=roster.blocks(),
-        **fills,
-    )
+class _SameReporter:
+    """The parts of one Reporting-MTA within one host's answer, being merged into the first.
+
+    The first part's per-message fields, gaps filled from later ones, the
+    union of their extensions, and the union of their recipients (a later
+    block replaces an earlier one for the same recipient, in its place).
+    """
+
+    def __init__(self, first: TrackingStatus) -> None:
+        self._first = first
+        self._fills: dict[str, str] = {}
+        self._extensions: dict[tuple[str, str], None] = dict.fromkeys(first.extensions)
+        # Two answers from one reporter describe the same records: blocks
+        # are joined by key only, and none is altered.
+        self._roster = _Roster(join_by_final=False, carry_original=False, routed=False)
+        self._roster.add(first.recipients)
+        self._merged = False
+
+    def add(self, later: TrackingStatus) -> None:
+        if later == self._first and not self._merged:
+            return  # a copy adds nothing: the first part is kept as it is
+        self._merged = True
+        for name in _OPTIONAL_MESSAGE_FIELDS:
+            value = getattr(later, name)
+            if value is not None and getattr(self._first, name) is None:
+                self._fills.setdefault(name, value)
+        self._extensions.update(dict.fromkeys(later.extensions))
+        self._roster.add(later.recipients)
+
+    def part(self) -> TrackingStatus:
+        if not self._merged:
+            return self._first
+        return self._first.evolve(
+            extensions=tuple(self._extensions),
+            recipients=self._roster.blocks(),
+            **self._fills,
+        )
 
 
 def _says_nothing(blocks: Iterable[RecipientStatus]) -> bool:
@@ -370,14 +395,14 @@ class _Roster:
     def add(
         self, blocks: Iterable[RecipientStatus], source: int = 0, host: str | None = None
     ) -> None:
-        groups: dict[int, list[RecipientStatus]] = {}
+        # Ordered sets: a part with many blocks of one key (a big list
+        # expanded) must not cost the square of them.
+        groups: dict[int, dict[RecipientStatus, None]] = {}
         for block in blocks:
             index = self._find(block)
             if index is None:
                 index = self._new_slot(block)
-            group = groups.setdefault(index, [])
-            if block not in group:
-                group.append(block)
+            groups.setdefault(index, {})[block] = None
         accepted = [
             index
             for index, group in groups.items()

@@ -18,7 +18,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from mtqpgw.certifier import certifier_for_secret
-from mtqpgw.chain import ChainingTracker, part_size
+from mtqpgw.chain import MAX_PARTS_PER_ANSWER, ChainingTracker, part_size
 from mtqpgw.config import ChainConfig, InnerHost, RewriteRule
 from mtqpgw.rewrite import Rewriter
 from mtqpgw.status import Action, Answer, Outcome, RecipientStatus, TrackingStatus
@@ -788,6 +788,20 @@ class AnswerSizeTests(ChainTestCase):
         self.pool.answer("c.corp", Answer.noinfo())
         self.assertEqual(self.successResultOf(d).parts, (self.local, a))
         self.assertEqual(self.pool.hosts(), ["a.corp", "b.corp", "c.corp"])
+
+    def test_parts_per_answer_capped(self) -> None:
+        """Review M5: an answer of many small parts, under the size caps, is cut at 200 parts."""
+        self.assertEqual(MAX_PARTS_PER_ANSWER, 200)
+        d = self.gateway("a.corp", "b.corp", "c.corp").track(ENVID, SECRET_B64)
+        many = [part(f"r{i}.a.corp", delivered(f"u{i}@example1.com")) for i in range(250)]
+        self.pool.answer("a.corp", Answer.found(many))
+        self.pool.answer("b.corp", Answer.noinfo())
+        self.pool.answer("c.corp", Answer.noinfo())
+        self.assertEqual(self.successResultOf(d).parts, (self.local, *many[:200]))
+        self.assertIn(
+            "dropped 50 part(s) from inner host a.corp: an inner answer brings at most 200",
+            self.log.text(),
+        )
 
     def test_line_cap(self) -> None:
         tracker = self.gateway("a.corp", "b.corp", "c.corp", max_inner_lines=30)
