@@ -38,7 +38,8 @@ class Hop:
     none; ``referral`` how this hop came to be asked (None for the first);
     ``greeting`` True when ``answer`` is the server's negative greeting
     (``-TEMP/MTQP/admin``): the server was reached and said no before any
-    TRACK was sent.
+    TRACK was sent; ``tried`` the servers (``host:port``, SRV order) tried
+    when none answered (empty when discovery itself failed).
     """
 
     host: str
@@ -47,6 +48,7 @@ class Hop:
     server: str | None = None
     referral: Referral | None = None
     greeting: bool = False
+    tried: tuple[str, ...] = ()
 
 
 class Referral(NamedTuple):

@@ -295,7 +295,8 @@ class _Asker:
             why = f"could not reach {attempts[0]}"
         else:
             why = f"could not reach an MTQP server for {host}: " + "; ".join(attempts)
-        return _Asked(Hop(host, error=why, referral=referral))
+        tried = tuple(_server_text(t.host, t.port) for t in targets)
+        return _Asked(Hop(host, error=why, referral=referral, tried=tried))
 
     async def _track(
         self,
@@ -435,11 +436,24 @@ def render_text(envid: str, path: Sequence[Hop], after: Plan | None = None) -> s
     return "\n".join(lines) + "\n"
 
 
+def _unreachable_json(hop: Hop) -> dict[str, Any]:
+    """A hop with no answer, in the negative-answer shape: status ``unreachable``.
+
+    ``server`` is the ``host:port`` when one server was meant (a session that
+    timed out, or the only target), else null (discovery failed, or several
+    SRV targets: ``text`` names each).
+    """
+    server = hop.server
+    if server is None and len(hop.tried) == 1:
+        server = hop.tried[0]
+    return {"status": "unreachable", "server": server, "reason": [], "text": hop.error}
+
+
 def _hop_json(hop: Hop) -> dict[str, Any]:
     if hop.answer is not None:
         data = answer_to_json(hop.answer, hop.server or hop.host)
     else:
-        data = {"status": "unreachable", "server": hop.server, "reason": [], "text": hop.error}
+        data = _unreachable_json(hop)
     data["host"] = hop.host
     data["referred_by"] = hop.referral.referrer if hop.referral else None
     return data
@@ -452,13 +466,20 @@ def render_json(path: Sequence[Hop], after: Plan | None = None) -> dict[str, Any
     holding every part of every answer in path order, ``path`` (one object
     per server asked: its own answer's JSON, or status ``unreachable``, with
     ``host`` and ``referred_by``), and ``not_followed``.
+
+    A first hop with no answer gives the ``unreachable`` object (with
+    ``host``): a script reading stdout gets one JSON object whatever
+    happened once the command line was understood.
     """
     first = path[0]
-    assert first.answer is not None
-    data = answer_to_json(first.answer, first.server or first.host)
+    if first.answer is None:
+        data = _unreachable_json(first)
+        data["host"] = first.host
+    else:
+        data = answer_to_json(first.answer, first.server or first.host)
     if after is None:
         return data
-    if first.answer.ok:
+    if first.answer is not None and first.answer.ok:
         data["hops"] = [
             hop_part
             for hop in path
@@ -537,6 +558,9 @@ async def _run(
     hop = first.hop
     if hop.answer is None:
         err.write(f"{_PROG}: {hop.error}\n")
+        if args.json:
+            following = plan([hop], args.max_hops) if args.follow else None
+            out.write(json.dumps(render_json([hop], following), indent=2) + "\n")
         return EXIT_USAGE
     if args.raw:
         if first.response is not None and first.response.lines is not None:

@@ -371,6 +371,100 @@ class DiscoveryEndToEndTests(TrackTestCase):
         )
 
 
+class UnreachableJSONTests(TrackTestCase):
+    """--json prints one object also when no server answered (exit 2); stderr keeps its line."""
+
+    async def test_refused(self) -> None:
+        port = await dead_port()
+        code, out, err = await self.track("--json", "--server", f"127.0.0.1:{port}", ENVID, SECRET)
+        text = f"could not reach 127.0.0.1:{port}: connection refused"
+        self.assertEqual((code, err), (2, f"mtqp track: {text}\n"))
+        self.assertEqual(
+            json.loads(out),
+            {
+                "status": "unreachable",
+                "server": f"127.0.0.1:{port}",
+                "reason": [],
+                "text": text,
+                "host": "127.0.0.1",
+            },
+        )
+
+    async def test_no_such_host(self) -> None:
+        code, out, err = await self.track("--json", uri("nowhere.test"))
+        self.assertEqual((code, err), (2, "mtqp track: no such host: nowhere.test\n"))
+        data = json.loads(out)
+        self.assertEqual(
+            (data["status"], data["server"], data["text"], data["host"]),
+            ("unreachable", None, "no such host: nowhere.test", "nowhere.test"),
+        )
+
+    async def test_every_target_dead(self) -> None:
+        first, second = await dead_port(), await dead_port()
+        self.zone.add_srv("_mtqp._tcp.mail.test", "a.test", first, priority=1)
+        self.zone.add_srv("_mtqp._tcp.mail.test", "b.test", second, priority=2)
+        self.zone.add_a("a.test")
+        self.zone.add_a("b.test")
+        code, out, err = await self.track("--json", uri("mail.test"))
+        self.assertEqual(code, 2)
+        data = json.loads(out)
+        self.assertEqual((data["status"], data["server"]), ("unreachable", None))
+        self.assertEqual(f"mtqp track: {data['text']}\n", err)
+
+    async def test_timeout(self) -> None:
+        factory = ScriptedFactory(None)
+        port = listen(self, factory)
+        clock = Clock()
+        result = defer.ensureDeferred(
+            self.track(
+                "--json",
+                "--timeout",
+                "5",
+                "--server",
+                f"127.0.0.1:{port}",
+                ENVID,
+                SECRET,
+                clock=clock,
+            )
+        )
+        await factory.track_received
+        clock.advance(5)
+        code, out, err = await result
+        self.assertEqual(code, 2)
+        data = json.loads(out)
+        self.assertEqual(
+            (data["status"], data["server"], data["text"]),
+            ("unreachable", f"127.0.0.1:{port}", f"127.0.0.1:{port}: no answer within 5 seconds"),
+        )
+        self.assertNotIn(SECRET, out)
+
+    async def test_follow_keeps_the_follow_shape(self) -> None:
+        """Following: the same object, with the one-entry path as follow mode writes it."""
+        code, out, err = await self.track("--json", "--follow", uri("nowhere.test"))
+        self.assertEqual(code, 2)
+        data = json.loads(out)
+        self.assertEqual(data["status"], "unreachable")
+        self.assertEqual(
+            data["path"],
+            [
+                {
+                    "status": "unreachable",
+                    "server": None,
+                    "reason": [],
+                    "text": "no such host: nowhere.test",
+                    "host": "nowhere.test",
+                    "referred_by": None,
+                }
+            ],
+        )
+        self.assertEqual(data["not_followed"], [])
+
+    async def test_usage_errors_print_no_json(self) -> None:
+        """A command line that cannot be run prints no result (as argparse's own errors)."""
+        code, out, err = await self.track("--json", "--server", "hop1.test", ENVID)
+        self.assertEqual((code, out), (2, ""))
+
+
 class NegativeGreetingTests(TrackTestCase):
     """A server that greets with -TEMP or -ERR was reached and said no: exit 1, not "unreachable"."""
 
