@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
@@ -450,16 +451,25 @@ def _clean_name(name: str) -> str:
     return _NOT_FTEXT.sub("-", name[:_MAX_NAME]) or "X-Unnamed"
 
 
-# C0 controls but HTAB, DEL and C1 controls: a CR or LF inside a value would
-# end the line on the wire and let the value forge fields (or a MIME
-# delimiter) of its own; the others reach terminals and logs as escape
-# sequences.  Each becomes a space.
-_CONTROLS = re.compile("\r\n|[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# Characters that become a space in a field value: controls (C0 but HTAB,
+# DEL, C1: a CR or LF would end the line on the wire and let the value forge
+# fields or a MIME delimiter of its own; the others reach terminals and logs
+# as escape sequences), format characters (bidi overrides and zero-width
+# characters disguise what a value says), line and paragraph separators, and
+# lone surrogates (they cannot be encoded).
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def _visible(value: str) -> str:
+    return "".join(
+        " " if c != "\t" and unicodedata.category(c) in _HIDDEN_CATEGORIES else c
+        for c in value.replace("\r\n", " ")
+    )
 
 
 def _clean_value(value: str) -> str:
-    if not value.isprintable():  # the common case skips the regex
-        value = _CONTROLS.sub(" ", value)
+    if not value.isprintable():  # the common case skips the character walk
+        value = _visible(value)
     value = value.strip(_WSP)
     if len(value) >= 256 and _LONG_WSP.search(value):
         value = _LONG_WSP.sub(" " * 255, value)

@@ -39,11 +39,12 @@ FAST = settings(max_examples=200, deadline=None)
 
 # -- Strategies (test_report imports these) --------------------------------
 
-# Printable values: no control characters (a CR or LF cannot survive the
-# serialiser unchanged, by design, and is tested on its own), but spaces and
-# tabs anywhere, including at both ends, and any other Unicode.
+# Printable values: no control, format or line/paragraph-separator
+# characters (they become spaces on the wire, by design, and are tested on
+# their own), but spaces and tabs anywhere, including at both ends, and any
+# other Unicode.
 _CHARS = st.one_of(
-    st.characters(blacklist_categories=("Cc", "Cs")),
+    st.characters(blacklist_categories=("Cc", "Cs", "Cf", "Zl", "Zp")),
     st.sampled_from(" \t"),
 )
 _SHORT = st.text(_CHARS, max_size=40)
@@ -95,10 +96,10 @@ def _tracking_statuses(
 
 #: Any model the serialiser must round-trip, long (folded) values included.
 tracking_statuses = _tracking_statuses(_VALUES, 3)
-#: Cheaper to draw (a small alphabet that still holds WSP, colons,
-#: non-ASCII and U+2028), for tests that take several parts at once.
+#: Cheaper to draw (a small alphabet that still holds WSP, colons and
+#: non-ASCII), for tests that take several parts at once.
 small_tracking_statuses = _tracking_statuses(
-    st.text(st.sampled_from("aZ09 ;:@.-\t\u00e9\u2028"), max_size=20), 2
+    st.text(st.sampled_from("aZ09 ;:@.-\t\u00e9\u4e2d"), max_size=20), 2
 )
 
 _LONG_WSP = re.compile(r"[ \t]{256,}")
@@ -451,6 +452,14 @@ class SerialiserTests(SynchronousTestCase):
         self.assertIn("RED", parsed.extensions[0][1])
         incoming = b"Original-Envelope-Id: e@x\nReporting-MTA: dns; x\nX-Bell: a\x07b\x1bc\n"
         self.assertEqual(parse_tracking_status(incoming).extensions, (("X-Bell", "a b c"),))
+        # Bidi overrides, zero-width characters and Unicode line separators
+        # disguise text as well as escapes do (re-review finding 9).
+        disguised = "delivered\u202eyad\u200b\u2028X-Forged: 1\u2029\ufeffend"
+        part = ts.evolve(extensions=(("X-Note", disguised),))
+        out = b"\n".join(serialise_tracking_status(part)).decode("utf-8")
+        for hidden in "\u202e\u200b\u2028\u2029\ufeff":
+            self.assertNotIn(hidden, out)
+        self.assertIn("X-Note: delivered yad", out)
 
     def test_rfc_order_and_spelling(self) -> None:
         ts = TrackingStatus(
