@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--tls", choices=("off", "opportunistic", "required"), default="opportunistic"
     )
     track.add_argument("--cafile", help="trust these CA certificates (PEM) for TLS")
+    track.add_argument(
+        "--tls-name",
+        metavar="NAME",
+        help="the server's domain name, to ask STARTTLS for and check its certificate "
+        "against, when it differs from the host connected to (e.g. --server 127.0.0.1:PORT)",
+    )
     track.add_argument("--dns-server", metavar="IP[:PORT]", help="send DNS look-ups here")
     output = track.add_mutually_exclusive_group()
     output.add_argument("--raw", action="store_true", help="print the MIME body as received")
