@@ -26,7 +26,14 @@ from twisted.internet import defer, endpoints, error, task
 from twisted.python.failure import Failure
 
 from mtqpgw import wire
-from mtqpgw.client import ClientError, MTQPClientProtocol, TLSMode, UnexpectedGreeting, connect
+from mtqpgw.client import (
+    ClientError,
+    MTQPClientProtocol,
+    TLSMode,
+    TLSRequiredError,
+    UnexpectedGreeting,
+    connect,
+)
 from mtqpgw.dns import (
     MTQP_PORT,
     DiscoveryError,
@@ -40,7 +47,7 @@ from mtqpgw.report import GARBLED, answer_from_response, answer_to_json
 from mtqpgw.status import Answer, Outcome, RecipientStatus, TrackingStatus, address_of
 from mtqpgw.tls import TLSConfigError, client_context, load_ca_bundle
 from mtqpgw.tofu import TofuCache, observation_from_info
-from mtqpgw.uri import MTQPURI, URIError, check_host, split_host_port
+from mtqpgw.uri import MTQPURI, URIError, check_host, is_ip_literal, split_host_port
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -114,6 +121,13 @@ def request_from_args(args: argparse.Namespace) -> TrackRequest:
 
 
 def _check_options(args: argparse.Namespace) -> None:
+    if args.tls_name is not None:
+        if args.tls == "off":
+            raise UsageError(
+                "--tls-name names the server for STARTTLS; it has no use with --tls off"
+            )
+        if not _can_name_for_starttls(args.tls_name):
+            raise UsageError(f"--tls-name: {args.tls_name} is not a fully qualified domain name")
     if args.timeout is None or not args.timeout > 0:
         raise UsageError("--timeout must be a positive number of seconds")
     if args.follow and args.max_hops < 1:
@@ -146,6 +160,26 @@ def _why(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, error.ConnectError) and exc.osError:
         return _first_line(str(exc.osError)) or "could not connect"
     return _first_line(str(exc)) or type(exc).__name__
+
+
+_NAME_HINT = "give the server's domain name with --tls-name NAME"
+
+
+def _check_tls_name_needed(request: TrackRequest, args: argparse.Namespace) -> None:
+    """--tls required to an address with no --tls-name: say so before connecting.
+
+    Only when the host is the server (an IP literal, or a port given: no SRV
+    look-up); a one-label name's SRV targets may well be domain names.
+    """
+    if args.tls != "required" or args.tls_name is not None:
+        return
+    if request.port is None and not is_ip_literal(request.host):
+        return
+    if not _can_name_for_starttls(request.host):
+        raise UsageError(
+            f"--tls required: STARTTLS needs the server's domain name and {request.host} "
+            f"is not one; {_NAME_HINT}"
+        )
 
 
 def _can_name_for_starttls(host: str) -> bool:
@@ -214,16 +248,29 @@ class _Asker:
         self.tofu = tofu
         self.err = err
 
-    def _tls_for(self, host: str) -> tuple[TLSMode, Any]:
+    def _tls_for(
+        self, host: str, tls_name: str | None, hint: bool
+    ) -> tuple[TLSMode, str | None, Any, str | None]:
+        """``(mode, name, context, skipped)`` for a session with *host*.
+
+        The name asked for in STARTTLS, and that the certificate must match,
+        is *tls_name* (--tls-name) if given, else the host connected to.
+        ``skipped`` says why TLS is not attempted although --tls wants it:
+        the name is an address or has one label, which STARTTLS cannot ask
+        for (RFC 3887 section 6).  *hint*: --tls-name would apply here.
+        """
         if self.tls_mode is TLSMode.OFF:
-            return TLSMode.OFF, None
-        if not _can_name_for_starttls(host):
+            return TLSMode.OFF, None, None, None
+        name = tls_name or host
+        if not _can_name_for_starttls(name):
+            why = f"STARTTLS needs the server's domain name and {host} is not one"
+            if hint:
+                why += f"; {_NAME_HINT}"
             if self.tls_mode is TLSMode.REQUIRED:
-                raise ClientError(
-                    f"TLS is required, but STARTTLS needs a domain name and {host} is not one"
-                )
-            return TLSMode.OFF, None
-        return self.tls_mode, client_context(host, self.cafile, self.tls_mode.value)
+                raise TLSRequiredError(f"TLS is required, but {why}")
+            return TLSMode.OFF, None, None, why
+        context = client_context(name, self.cafile, self.tls_mode.value)
+        return self.tls_mode, name, context, None
 
     def _endpoint(self, address: str, port: int) -> Any:
         connect_timeout = min(CONNECT_TIMEOUT, self.timeout)
@@ -231,20 +278,34 @@ class _Asker:
             return endpoints.TCP6ClientEndpoint(self.reactor, address, port, connect_timeout)
         return endpoints.TCP4ClientEndpoint(self.reactor, address, port, connect_timeout)
 
-    async def _session(self, target: Target, address: str) -> MTQPClientProtocol:
-        mode, context = self._tls_for(target.host)
-        d = connect(
-            self.reactor,
-            self._endpoint(address, target.port),
-            mode,
-            target.host if mode is not TLSMode.OFF else None,
-            context,
-        )
+    async def _session(
+        self, target: Target, address: str, tls_name: str | None, hint: bool
+    ) -> MTQPClientProtocol:
+        mode, name, context, skipped = self._tls_for(target.host, tls_name, hint)
+        d = connect(self.reactor, self._endpoint(address, target.port), mode, name, context)
         d.addTimeout(self.timeout, self.clock)
         proto: MTQPClientProtocol = await d
+        info = proto.info
+        server = _server_text(target.host, target.port)
+        if skipped is not None and info is not None and wire.starttls_offered(info.options):
+            # The user asked for TLS and the server offers it: going on in
+            # the clear must not be silent.  (A server not offering it would
+            # be in the clear anyway: nothing to say.)
+            self.err.write(
+                f"{_PROG}: warning: {server} offers STARTTLS but TLS was not attempted: "
+                f"{skipped}\n"
+            )
         if self.tofu is not None and self.tls_mode is not TLSMode.OFF:
-            seen = observation_from_info(proto.info)
-            for warning in self.tofu.observe(target.host, target.port, seen):
+            # Remembered under the server connected to, whatever --tls-name says.
+            seen = observation_from_info(info)
+            if skipped is None:
+                alarms = self.tofu.observe(target.host, target.port, seen)
+            else:
+                # TLS was never tried, so this session proves nothing about
+                # the server's TLS: still check (a STARTTLS that vanished is
+                # news), but do not record it as a normal session.
+                alarms = self.tofu.check(target.host, target.port, seen)
+            for warning in alarms:
                 self.err.write(f"{_PROG}: {warning}\n")
         return proto
 
@@ -255,8 +316,13 @@ class _Asker:
         envid: str,
         secret: str,
         referral: Referral | None = None,
+        tls_name: str | None = None,
     ) -> _Asked:
-        """Discover *host*'s servers and TRACK at the first that takes a session."""
+        """Discover *host*'s servers and TRACK at the first that takes a session.
+
+        *tls_name* (--tls-name, for the host on the command line) is the name
+        STARTTLS asks for at each of its targets, instead of the target's own.
+        """
         try:
             targets = await discover(self.resolver, host, port, self.default_port, self.rng)
         except DiscoveryError as e:
@@ -278,7 +344,7 @@ class _Asker:
             for address in addresses:
                 where = server if address == target.host else f"{server} ({address})"
                 try:
-                    proto = await self._session(target, address)
+                    proto = await self._session(target, address, tls_name, referral is None)
                 except Exception as e:
                     # Before the session is ready nothing was asked: on to the
                     # next address or SRV target (RFC 2782 usage rules).
@@ -527,6 +593,7 @@ async def _run(
     try:
         request = request_from_args(args)
         _check_options(args)
+        _check_tls_name_needed(request, args)
         if resolver is None:
             try:
                 resolver = make_resolver(args.dns_server, reactor)
@@ -554,7 +621,9 @@ async def _run(
         tofu,
         err,
     )
-    first = await asker.ask(request.host, request.port, request.envid, request.secret)
+    first = await asker.ask(
+        request.host, request.port, request.envid, request.secret, tls_name=args.tls_name
+    )
     hop = first.hop
     if hop.answer is None:
         err.write(f"{_PROG}: {hop.error}\n")

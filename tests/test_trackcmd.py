@@ -33,7 +33,7 @@ from mtqpgw.server import MTQPServerFactory, ServerLimits
 from mtqpgw.status import Action, Answer, RecipientStatus, TrackingStatus
 from mtqpgw.store import LocalTracker, SQLiteStore, StoredMessage
 from mtqpgw.tls import ServerTLS
-from mtqpgw.tofu import TofuCache
+from mtqpgw.tofu import Observation, TofuCache
 from mtqpgw.trackcmd import run
 from tests import certs
 from tests.dnsserver import MemoryZone, serve_dns
@@ -781,6 +781,103 @@ class OutputTests(TrackTestCase):
         self.assertIn(f"mtqp track: WARNING: hop1.test:{port} presented a different", err)
         remembered = TofuCache(tofu.path).get("hop1.test", port)
         self.assertEqual(remembered.cert_sha256, first.sha256, "an alarm keeps the old record")
+
+
+class TLSNameTests(TrackTestCase):
+    """--tls-name: STARTTLS to a server reached by address (RFC 3887 section 6 needs an FQDN)."""
+
+    def tls_server(self, name: str = "hop1.test") -> tuple[int, Any]:
+        leaf = certs.issue([name])
+        answer = Answer.found([part(name, rcpt("user1", Action.DELIVERED, "2.0.0"))])
+        factory = MTQPServerFactory(
+            FixedTracker(answer),
+            ServerLimits(hostname=name),
+            tls=ServerTLS.from_files([(leaf.cert, leaf.key)]),
+        )
+        return listen(self, factory), leaf
+
+    async def test_required_by_address_says_use_tls_name(self) -> None:
+        port = await dead_port()
+        code, out, err = await self.track(
+            "--tls", "required", "--server", f"127.0.0.1:{port}", ENVID, SECRET
+        )
+        self.assertEqual((code, out), (2, ""))
+        self.assertEqual(err.count("\n"), 1)
+        self.assertIn("127.0.0.1 is not one", err)
+        self.assertIn("--tls-name NAME", err)
+        self.assertNotIn("could not reach", err, "refused before connecting")
+
+    async def test_required_with_tls_name_verifies_that_name(self) -> None:
+        port, leaf = self.tls_server()
+        tofu = TofuCache(self.mktemp())
+        cafile = certs.default_ca().cert_path
+        argv = ["--tls", "required", "--cafile", cafile, "--server", f"127.0.0.1:{port}"]
+        code, out, err = await self.track(
+            *argv, "--tls-name", "hop1.test", ENVID, SECRET, tofu=tofu
+        )
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("Reporting MTA dns; hop1.test", out)
+        # Remembered under the server connected to, with the certificate seen.
+        self.assertEqual(TofuCache(tofu.path).get("127.0.0.1", port).cert_sha256, leaf.sha256)
+        self.assertIsNone(TofuCache(tofu.path).get("hop1.test", port))
+
+        # Another name is what STARTTLS asks for: this server has no certificate for it.
+        code, out, err = await self.track(*argv, "--tls-name", "other.test", ENVID, SECRET)
+        self.assertEqual((code, out), (2, ""))
+        self.assertIn("the server refused STARTTLS: No certificate for that name", err)
+
+    async def test_opportunistic_by_address_warns_and_records_nothing(self) -> None:
+        port, _ = self.tls_server()
+        tofu = TofuCache(self.mktemp())
+        code, out, err = await self.track(
+            "--server", f"127.0.0.1:{port}", ENVID, SECRET, tofu=tofu
+        )
+        self.assertEqual(code, 0)
+        self.assertEqual(
+            err,
+            f"mtqp track: warning: 127.0.0.1:{port} offers STARTTLS but TLS was not attempted: "
+            "STARTTLS needs the server's domain name and 127.0.0.1 is not one; "
+            "give the server's domain name with --tls-name NAME\n",
+        )
+        self.assertIsNone(
+            TofuCache(tofu.path).get("127.0.0.1", port),
+            "a session that never tried TLS is not remembered as one that went well",
+        )
+
+    async def test_opportunistic_with_tls_name_uses_tls(self) -> None:
+        port, leaf = self.tls_server()
+        tofu = TofuCache(self.mktemp())
+        code, out, err = await self.track(
+            "--server", f"127.0.0.1:{port}", "--tls-name", "hop1.test", ENVID, SECRET, tofu=tofu
+        )
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(
+            TofuCache(tofu.path).get("127.0.0.1", port), Observation(True, leaf.sha256)
+        )
+
+    async def test_untried_tls_still_checks_for_a_stripped_starttls(self) -> None:
+        """Not recorded, but a STARTTLS that vanished since an earlier session still alarms."""
+        factory = ScriptedFactory(b"-ERR/noinfo Nothing\r\n")  # offers no STARTTLS
+        port = listen(self, factory)
+        tofu = TofuCache(self.mktemp())
+        tofu.remember("127.0.0.1", port, Observation(True, "a" * 64))
+        code, out, err = await self.track(
+            "--server", f"127.0.0.1:{port}", ENVID, SECRET, tofu=tofu
+        )
+        self.assertEqual(code, 1)
+        self.assertIn(f"WARNING: 127.0.0.1:{port} offered STARTTLS in an earlier session", err)
+        self.assertEqual(TofuCache(tofu.path).get("127.0.0.1", port), Observation(True, "a" * 64))
+
+    async def test_tls_name_usage(self) -> None:
+        for argv in (
+            ["--tls", "off", "--tls-name", "hop1.test"],
+            ["--tls-name", "localhost"],
+            ["--tls-name", "127.0.0.1"],
+        ):
+            code, out, err = await self.track(*argv, "--server", "127.0.0.1:1", ENVID, SECRET)
+            self.assertEqual((code, out), (2, ""), argv)
+            self.assertTrue(err.startswith("mtqp track: --tls-name"), err)
+            self.assertEqual(self.zone.queries, [])
 
 
 class UsageTests(TrackTestCase):
