@@ -23,8 +23,9 @@ of the hosts behind it and answer for them, within 2 minutes.  For one TRACK:
    not answer in time, costs its own part and nothing else: its recipients
    keep the gateway's block ("passed on, no further information").
 5. Each inner answer is screened first (``mtqpgw.merge.screen``, review
-   M2): a part about another envelope id, or one whose Reporting-MTA names
-   this gateway, is dropped and logged, and its referrals are not followed.
+   M2): a part about another envelope id, or one whose Reporting-MTA is no
+   plain host name or names this gateway (its name, one of ``addresses``),
+   is dropped and logged, and its referrals are not followed.
    ``mtqpgw.merge`` then builds the parts (``hops`` or ``combined``) from
    one L{HostAnswer} per inner host asked, so that one host's parts never
    merge into another's; the rewriter runs last, on every answer this
@@ -43,6 +44,8 @@ logged.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -65,6 +68,7 @@ __all__ = [
     "MAX_PARTS_PER_ANSWER",
     "RFC_LIMIT",
     "ChainingTracker",
+    "listen_addresses",
     "part_size",
 ]
 
@@ -149,6 +153,32 @@ def part_size(part: TrackingStatus) -> tuple[int, int]:
     return lines, octets
 
 
+def listen_addresses(listen: Iterable[str]) -> set[str]:
+    """The specific addresses in listening endpoint strings, as ``host_key`` writes them.
+
+    ``"tcp:1038:interface=192.0.2.1"`` gives ``{"192.0.2.1"}``,
+    ``"tcp6:1038:interface=2001\\:db8\\:\\:1"`` gives ``{"2001:db8::1"}``.  A
+    wildcard (no interface, ``0.0.0.0``, ``::``) names no address of its
+    own: which addresses it answers on would take asking the system, and
+    this reads text only.  Anything that is not an address is left out.
+    """
+    found: set[str] = set()
+    for description in listen:
+        # Endpoint strings separate with ":" and quote it with "\\".
+        for argument in re.split(r"(?<!\\):", description):
+            name, sep, value = argument.partition("=")
+            if not sep or name.strip() != "interface":
+                continue
+            key = host_key(value.replace("\\:", ":"))
+            try:
+                address = ipaddress.ip_address(key)
+            except ValueError:
+                continue
+            if not address.is_unspecified:
+                found.add(key)
+    return found
+
+
 def _text(value: Any, default: str) -> str:
     # Config may hold enums or strings.
     return str(getattr(value, "value", value) or default).lower()
@@ -164,7 +194,10 @@ class ChainingTracker:
     the daemon stops.  ``pool`` is for tests: anything with ``track(inner,
     envid, secret, secure) -> Deferred[Answer]`` and a ``service``.
     ``max_inner_octets`` and ``max_inner_lines`` cap what one TRACK takes
-    from all its inner hosts together (``part_size``).
+    from all its inner hosts together (``part_size``).  ``addresses`` are
+    the gateway's own addresses (``listen_addresses(config.server.listen)``):
+    an inner part whose Reporting-MTA names one of them, or ``hostname``,
+    is refused as speaking for the gateway.
     """
 
     def __init__(
@@ -178,12 +211,16 @@ class ChainingTracker:
         *,
         max_inner_octets: int = DEFAULT_MAX_INNER_OCTETS,
         max_inner_lines: int = DEFAULT_MAX_INNER_LINES,
+        addresses: Iterable[str] = (),
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.local = local
         self.rewriter = rewriter
         self.hostname = host_key(hostname)
+        # The gateway's own addresses: an inner part reporting as one of them
+        # speaks as the gateway and is refused (merge.screen).
+        self.addresses = frozenset(key for key in map(host_key, addresses) if key)
         self.clock = reactor
         deadline = getattr(chain, "deadline", None)
         self.deadline = float(DEFAULT_DEADLINE if deadline is None else deadline)
@@ -436,7 +473,9 @@ class _Query:
                 limit=MAX_PARTS_PER_ANSWER,
             )
             parts = parts[:MAX_PARTS_PER_ANSWER]
-        kept, refused = screen(parts, self.envid, self.tracker.hostname)
+        kept, refused = screen(
+            parts, self.envid, self.tracker.hostname, addresses=self.tracker.addresses
+        )
         for part, why in refused:
             log.warn(
                 "TRACK {envid}: dropped a part from inner host {host} "

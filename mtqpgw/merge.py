@@ -10,8 +10,19 @@ it; those stay in its L{HostAnswer}, attributed to it.
 
 Inner hosts are not trusted to speak for one another (review M2).  Before
 merging, ``screen`` drops an inner part whose Original-Envelope-Id is not the
-one asked for, or whose Reporting-MTA names the gateway itself; the chain
-engine logs each.  Then:
+one asked for, whose Reporting-MTA is no plain host name or address literal,
+or whose Reporting-MTA names the gateway itself (its name or one of its
+addresses); the chain engine logs each.
+
+The screen reads the names as the inner hosts wrote them, before any
+``[[rewrite]]``.  A rule whose replacement is the gateway's own name (seed
+example 12 rewrites smtp.example3.com to example2.com, the gateway) makes
+inner parts read as the gateway's afterwards: that is the operator's choice
+of what to show, not an inner host's claim, so it is kept.  The parts stay
+apart all the same (the gateway's own part comes first in hops mode and is
+never merged with an inner one; the combined part is the gateway's), and
+an inner part that names the gateway itself is refused before any rule
+runs.  Then:
 
 ``hops`` (seed example 10)
     The gateway's part first, unchanged, then the parts of each inner host
@@ -60,6 +71,7 @@ section 2.4).  Nothing here invents a block.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -73,6 +85,7 @@ __all__ = [
     "merge_combined",
     "merge_hops",
     "referrals",
+    "reporter_name",
     "screen",
 ]
 
@@ -104,7 +117,11 @@ class HostAnswer:
 
 
 def screen(
-    parts: Iterable[TrackingStatus], envid: str, gateway: str
+    parts: Iterable[TrackingStatus],
+    envid: str,
+    gateway: str,
+    *,
+    addresses: Iterable[str] = (),
 ) -> tuple[list[TrackingStatus], list[tuple[TrackingStatus, str]]]:
     """Split an inner host's parts into those the gateway may use and ``(part, why)`` for the rest.
 
@@ -112,23 +129,70 @@ def screen(
     compared exactly, as envelope ids are case-sensitive strings, after
     removing surrounding white space and one pair of angle brackets): it is
     another message's, and the inner host checked the secret of this one
-    only.  It is refused too when its Reporting-MTA names ``gateway``, the
-    gateway's own host name, whatever the type before the ";": only the
-    gateway speaks for the gateway, and an inner host must not put words in
-    its mouth.
+    only.
+
+    It is refused when its Reporting-MTA's name is not a plain host name or
+    address literal (``reporter_name``): comments, quotes and a trailing
+    ";" are read past, but non-ASCII, control or format characters, or
+    anything left after the name, make a name that could look like another
+    to a reader and compare unlike it here.
+
+    It is refused too when that name is the gateway's, whatever the type
+    before the ";": ``gateway`` (its host name) or one of ``addresses`` (its
+    own addresses, in any spelling ``host_key`` reads), or a loopback or
+    unspecified address, which is every host's own and so the gateway's too.
+    Only the gateway speaks for the gateway.  What is not covered: names and
+    addresses of the gateway that it was not told (an address of a
+    wildcard listener, a NAT address, a DNS alias).
     """
     wanted = _bare_envid(envid)
-    own = host_key(gateway)
+    own = {key for key in map(host_key, (gateway, *addresses)) if key}
     kept: list[TrackingStatus] = []
     refused: list[tuple[TrackingStatus, str]] = []
     for part in parts:
+        name = reporter_name(part.reporting_mta)
         if _bare_envid(part.original_envelope_id) != wanted:
             refused.append((part, "its Original-Envelope-Id is another message's"))
-        elif own and _reporter_name(part) == own:
+        elif name is None:
+            refused.append((part, "its Reporting-MTA is not a plain host name or address"))
+        elif name in own or _is_anyone(name):
             refused.append((part, "its Reporting-MTA names this gateway"))
         else:
             kept.append(part)
     return kept, refused
+
+
+def reporter_name(field_value: str) -> str | None:
+    """``host_key`` of the name in a Reporting-MTA, whatever its type; None if it is no plain name.
+
+    ``"dns; GW.example.com. (gateway)"``, ``'dns; "gw.example.com"'`` and
+    ``"x-local; gw.example.com;"`` all give ``"gw.example.com"``: RFC 822
+    comments, double quotes, white space and trailing ";" are read past,
+    and a field with no ";" is all name.  The name left must be one host
+    name (ASCII letters, digits, ``-`` and ``_`` in dot-separated labels,
+    at most 255 octets) or an address literal (``[192.0.2.1]``,
+    ``[IPv6:2001:db8::1]``, or a bare address): anything else (non-ASCII,
+    control or format characters such as U+200B, an empty label, a second
+    word) gives None.
+    """
+    kind, sep, rest = field_value.partition(";")
+    if not sep:
+        kind, rest = "dns", field_value
+    if not _MTA_TYPE.fullmatch(kind.strip(_ASCII_SPACE)):
+        return None
+    text = _without_comments(rest)
+    if text is None:
+        return None
+    text = text.replace('"', "").strip(_ASCII_SPACE)
+    text = _TRAILING.sub("", text)
+    if not text or len(text) > 255:
+        return None
+    if text.startswith("[") and text.endswith("]"):
+        key = host_key(text)
+        return key if _is_address(key) else None
+    if _HOST_NAME.fullmatch(text) or _is_address(text):
+        return host_key(text)
+    return None
 
 
 def merge(
@@ -271,10 +335,56 @@ def _reporter_key(part: TrackingStatus) -> str:
     return host_key(name) if name else " ".join(part.reporting_mta.lower().split())
 
 
-def _reporter_name(part: TrackingStatus) -> str:
-    """The name in a Reporting-MTA whatever its type: "x-local; gw" claims to be gw too."""
-    _, sep, name = part.reporting_mta.partition(";")
-    return host_key(name if sep else part.reporting_mta)
+# RFC 3464 mta-name-type is an atom; what is seen in the wild is letters,
+# digits and "-" ("dns", "x-local").
+_MTA_TYPE = re.compile(r"[A-Za-z0-9-]+", re.ASCII)
+# ASCII white space only: str.strip() would also eat U+00A0 and its kin,
+# and a name padded with them must be refused, not read as the bare name.
+_ASCII_SPACE = " \t\r\n"
+_TRAILING = re.compile(r"[ \t\r\n;]+\Z")
+_HOST_NAME = re.compile(r"[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*\.?", re.ASCII)
+
+
+def _without_comments(text: str) -> str | None:
+    """``text`` with its RFC 822 comments ("(...)", nested, "\\" quoting) removed; None if unbalanced."""
+    out: list[str] = []
+    depth = 0
+    escaped = False
+    for char in text:
+        if depth:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == "(":
+                depth += 1
+            elif char == ")":
+                depth -= 1
+        elif char == "(":
+            depth = 1
+            out.append(" ")  # a comment separates like white space
+        elif char == ")":
+            return None
+        else:
+            out.append(char)
+    return None if depth else "".join(out)
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_anyone(key: str) -> bool:
+    """A loopback or unspecified address: every host's own, the gateway's as much as any."""
+    try:
+        address = ipaddress.ip_address(key)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
 
 
 def _bare_envid(envid: str) -> str:

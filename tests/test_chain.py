@@ -18,7 +18,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from mtqpgw.certifier import certifier_for_secret
-from mtqpgw.chain import MAX_PARTS_PER_ANSWER, ChainingTracker, part_size
+from mtqpgw.chain import MAX_PARTS_PER_ANSWER, ChainingTracker, listen_addresses, part_size
 from mtqpgw.config import ChainConfig, InnerHost, RewriteRule
 from mtqpgw.rewrite import Rewriter
 from mtqpgw.status import Action, Answer, Outcome, RecipientStatus, TrackingStatus
@@ -100,12 +100,15 @@ class DictStore:
             received_from_mta=part.received_from_mta,
         )
 
-    def lookup(self, envid: str) -> defer.Deferred[StoredMessage | None]:
+    def lookup(self, envid: str, accept: Any = None) -> defer.Deferred[StoredMessage | None]:
         if self.hang:
             d: defer.Deferred[Any] = defer.Deferred()
             self.lookups.append(d)
             return d
-        return defer.succeed(self.messages.get(envid))
+        message = self.messages.get(envid)
+        if accept is not None and not accept(message.certifier if message else None):
+            return defer.succeed(None)
+        return defer.succeed(message)
 
 
 def part(reporting: str, *recipients: RecipientStatus, envid: str = ENVID) -> TrackingStatus:
@@ -566,7 +569,7 @@ class UnknownTests(ChainTestCase):
         self.assertEqual(self.successResultOf(d), Answer.noinfo())
 
     def test_store_unavailable_passed_on(self) -> None:
-        def broken(envid: str) -> defer.Deferred[Any]:
+        def broken(envid: str, accept: Any = None) -> defer.Deferred[Any]:
             return defer.fail(RuntimeError("disk gone"))
 
         self.store.lookup = broken  # type: ignore[method-assign]
@@ -706,6 +709,73 @@ class HostileInnerTests(ChainTestCase):
             combined.recipients, (delivered("a@example1.com"), delivered("b@example1.com"))
         )
         self.assertEqual(combined.extensions, ())
+
+    def test_gateway_addresses_and_spellings_refused(self) -> None:
+        """Review M2: the gateway's own address, or its name in a comment or quotes, is refused."""
+        tracker = self.gateway("inner.corp", "evil.corp")
+        tracker = ChainingTracker(
+            tracker.local,
+            ChainConfig(inner=inner_hosts("inner.corp", "evil.corp")),
+            Rewriter(),
+            GATEWAY,
+            reactor=self.clock,
+            pool=self.pool,
+            addresses=listen_addresses(["tcp:1038:interface=192.0.2.7", "tcp6:1038"]),
+        )
+        self.assertEqual(tracker.addresses, {"192.0.2.7"})
+        d = tracker.track(ENVID, SECRET_B64)
+        forged = [
+            TrackingStatus(ENVID, reporter, recipients=self.forged_gateway.recipients)
+            for reporter in (
+                "dns; [192.0.2.7]",
+                f"dns; {GATEWAY} (gateway)",
+                f'dns; "{GATEWAY}"',
+                f"dns; {GATEWAY};",
+                f"dns;{GATEWAY}\u200b",
+            )
+        ]
+        self.pool.answer("evil.corp", Answer.found([*forged, self.evil]))
+        self.pool.answer("inner.corp", Answer.found([self.inner]))
+        self.assertEqual(self.successResultOf(d).parts, (self.local, self.inner, self.evil))
+        self.assertEqual(self.pool.hosts(), ["inner.corp", "evil.corp"], "third.corp not asked")
+        text = self.log.text()
+        self.assertEqual(text.count("names this gateway"), 4)
+        self.assertEqual(text.count("not a plain host name"), 1)
+
+    def test_rewriting_inner_names_to_the_gateways_is_the_operators_choice(self) -> None:
+        """Seed example 12 rewrites an inner name to the gateway's: the screen runs before.
+
+        An inner part made to read as the gateway by a rule the operator wrote
+        is kept (after the gateway's own part, never merged into it); an inner
+        part that names the gateway itself is still refused.
+        """
+        rules = (RewriteRule("*.corp", GATEWAY),)
+        d = self.gateway("inner.corp", "evil.corp", report="hops", rules=rules).track(
+            ENVID, SECRET_B64
+        )
+        self.pool.answer("evil.corp", Answer.found([self.forged_gateway, self.evil]))
+        self.pool.answer("inner.corp", Answer.found([self.inner]))
+        parts = self.successResultOf(d).parts
+        rewrite = Rewriter(rules).part
+        self.assertEqual(parts, tuple(map(rewrite, (self.local, self.inner, self.evil))))
+        self.assertEqual([p.reporting_mta for p in parts], [f"dns; {GATEWAY}"] * 3)
+        self.assertIn("names this gateway", self.log.text())
+
+    def test_listen_addresses(self) -> None:
+        self.assertEqual(
+            listen_addresses(
+                [
+                    "tcp:1038:interface=192.0.2.1",
+                    "tcp6:port=1038:interface=2001\\:DB8\\:\\:1",
+                    "tcp:1038",
+                    "tcp:1038:interface=0.0.0.0",
+                    "tcp6:1038:interface=\\:\\:",
+                    "tcp:1038:interface=gw.example.com",
+                    "unix:/run/mtqp.sock",
+                ]
+            ),
+            {"192.0.2.1", "2001:db8::1"},
+        )
 
     def test_inner_gateway_keeps_the_parts_it_passes_on(self) -> None:
         """An inner host that chains itself: the parts from behind it stay in its answer."""

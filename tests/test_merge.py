@@ -15,6 +15,7 @@ from mtqpgw.merge import (
     merge_combined,
     merge_hops,
     referrals,
+    reporter_name,
     screen,
 )
 from mtqpgw.status import Action, RecipientStatus, TrackingStatus, address_of, mta_name
@@ -456,6 +457,69 @@ class HostileInnerHostTests(SynchronousTestCase):
         self.assertEqual(screen([literal], ENVID, "192.0.2.1")[0], [])
         # No name for the gateway: nothing is refused for it.
         self.assertEqual(screen(parts, ENVID, "")[0], parts)
+
+    def test_screen_gateway_name_in_any_spelling(self) -> None:
+        """Review M2: comments, quotes, a trailing ";" or the gateway's address do not get past."""
+        forms = [
+            "dns; mtqp.example.com (gateway)",
+            "dns; (note) mtqp.example.com",
+            'dns; "mtqp.example.com"',
+            "dns; mtqp.example.com;",
+            "dns;mtqp.example.com ; ",
+            "dns; [192.0.2.1]",
+            "dns; 192.0.2.1",
+            "dns; [IPv6:::FFFF:192.0.2.1]",
+            "dns; [IPv6:2001:DB8:0:0::1]",
+            "dns; [127.0.0.1]",
+            "dns; [IPv6:::1]",
+            "dns; [0.0.0.0]",
+        ]
+        parts = [TrackingStatus(ENVID, form) for form in forms]
+        addresses = ["192.0.2.1", "2001:db8::1"]
+        kept, refused = screen(
+            [*parts, self.INNER], ENVID, "MTQP.example.com", addresses=addresses
+        )
+        self.assertEqual(kept, [self.INNER])
+        self.assertEqual([p for p, _ in refused], parts)
+        self.assertEqual({why for _, why in refused}, {"its Reporting-MTA names this gateway"})
+
+    def test_screen_refuses_names_that_are_no_plain_name(self) -> None:
+        """Review M2: a name that reads like another but compares unlike it is refused."""
+        forms = [
+            "dns;mtqp.example.com\u200b",
+            "dns; mtqp.example.com\u00a0",
+            "dns; mtqp\u2024example\u2024com",
+            "dns; mtqp.example.com\x00",
+            "dns; mtqp..example.com",
+            "dns; mtqp.example.com evil",
+            "dns; mtqp.example.com; evil",
+            "dns; mtqp.example.com (unclosed",
+            "dns; mtqp.example.com)",
+            "dns; [mtqp.example.com]",
+            "dns; [10.0.0.5",
+            "dns;",
+            "",
+            "d\u0578s; inner.corp.example.com",
+        ]
+        parts = [TrackingStatus(ENVID, form) for form in forms]
+        kept, refused = screen([*parts, self.INNER], ENVID, "mtqp.example.com")
+        self.assertEqual(kept, [self.INNER])
+        self.assertEqual([p for p, _ in refused], parts)
+        self.assertIn("not a plain host name or address", refused[0][1])
+
+    def test_reporter_name(self) -> None:
+        for field, name in [
+            ("dns; Inner.Corp.Example.com.", "inner.corp.example.com"),
+            ("dns; inner.corp (relay (one))", "inner.corp"),
+            ('x-local; "Box";', "box"),
+            ("inner.corp", "inner.corp"),
+            ("dns; [IPv6:2001:DB8::5]", "2001:db8::5"),
+            ("dns; mail_1.corp", "mail_1.corp"),
+            ("dns; a\\b", None),
+            ("dns; a.corp\t", "a.corp"),
+            ("dns; " + "a" * 64 + ".corp", None),
+        ]:
+            self.assertEqual(reporter_name(field), name, field)
 
     def test_hops_never_merges_across_hosts(self) -> None:
         for order in (
