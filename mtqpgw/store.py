@@ -166,8 +166,12 @@ class ITrackingStore(Interface):
     def stop():  # type: ignore[no-untyped-def]
         """Stop purging and close the store."""
 
-    def lookup(envid):  # type: ignore[no-untyped-def]
-        """Fire with the L{StoredMessage} for C{envid}, or None when unknown or expired."""
+    def lookup(envid, accept=None):  # type: ignore[no-untyped-def]
+        """Fire with the L{StoredMessage} for C{envid}, or None when unknown or expired.
+
+        With C{accept}, also None unless C{accept(certifier)} holds (see
+        L{select_message}).
+        """
 
     def upsert(records):  # type: ignore[no-untyped-def]
         """Write C{records} in one transaction; fire with how many were written.
@@ -290,13 +294,25 @@ def _select_recipients(cursor: Any, envid: str) -> tuple[RecipientStatus, ...]:
     return tuple(_recipient_from_row(row) for row in cursor.fetchall())
 
 
-def select_message(cursor: Any, envid: str, now: float) -> StoredMessage | None:
-    """The unexpired message ``envid``, or None."""
+def select_message(
+    cursor: Any,
+    envid: str,
+    now: float,
+    accept: Callable[[str | None], bool] | None = None,
+) -> StoredMessage | None:
+    """The unexpired message ``envid``, or None.
+
+    With ``accept`` (the TRACK's certifier check), the message only when
+    ``accept(its certifier)`` holds, and its recipients are read only then:
+    a wrong secret and an unknown envelope id both cost one indexed probe
+    and one hash (``accept(None)`` for a miss), so nothing about a stored
+    message, not even how many recipients it has, shows in the time a
+    failed TRACK takes.
+    """
     cursor.execute(_SELECT_MESSAGE, (envid, now))
     row = cursor.fetchone()
-    # Recipients are read even for a miss so that an unknown envelope id
-    # costs the same two indexed queries as a known one.
-    recipients = _select_recipients(cursor, envid)
+    if accept is not None and not accept(row[1] if row is not None else None):
+        return None
     if row is None:
         return None
     return StoredMessage(
@@ -306,7 +322,7 @@ def select_message(cursor: Any, envid: str, now: float) -> StoredMessage | None:
         received_from_mta=row[3],
         expires=row[4],
         extensions=_decode_extensions(row[5]),
-        recipients=recipients,
+        recipients=_select_recipients(cursor, envid),
     )
 
 
@@ -634,14 +650,16 @@ class SQLiteStore:
             return defer.fail(StoreError(f"the tracking store {self.path} is not open"))
         return self._pool.runInteraction(interaction, *args)
 
-    def lookup(self, envid: str) -> defer.Deferred[StoredMessage | None]:
+    def lookup(
+        self, envid: str, accept: Callable[[str | None], bool] | None = None
+    ) -> defer.Deferred[StoredMessage | None]:
         now = self._clock.seconds()
         if self._reader is not None:
             try:
-                return defer.succeed(select_message(self._reader.cursor(), envid, now))
+                return defer.succeed(select_message(self._reader.cursor(), envid, now, accept))
             except sqlite3.Error:
                 pass  # busy, locked or worse: the pool waits, retries or reports it
-        return self._run(select_message, envid, now)
+        return self._run(select_message, envid, now, accept)
 
     def upsert(self, records: Iterable[StoredMessage]) -> defer.Deferred[int]:
         return self._run(upsert_records, list(records), self._clock.seconds())
@@ -792,16 +810,19 @@ class LocalTracker:
 
     def track(self, envid: str, secret: str, secure: bool = False) -> defer.Deferred[Answer]:
         """Fire with the Answer for ``envid``; the secret is only ever hashed."""
-        d = self.store.lookup(envid)
-        d.addCallback(self._answer, envid, secret)
+
+        def accept(certifier: str | None) -> bool:
+            # Runs for a miss too (certifier None): both failures take the
+            # same path and the same time.
+            return check_secret(secret, certifier)
+
+        d = self.store.lookup(envid, accept)
+        d.addCallback(self._answer, envid)
         d.addErrback(self._unavailable, envid)
         return d
 
-    def _answer(self, message: StoredMessage | None, envid: str, secret: str) -> Answer:
-        # check_secret runs for a miss too (against None): both failures take
-        # the same path and the same time.
-        matched = check_secret(secret, message.certifier if message is not None else None)
-        if message is None or not matched:
+    def _answer(self, message: StoredMessage | None, envid: str) -> Answer:
+        if message is None:
             return self._unknown(envid)
         return Answer.found(
             [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import given, settings
@@ -519,6 +520,29 @@ class CheckAndServiceTests(StoreTestMixin, TestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
     @deferred_test
+    async def test_wrong_secret_reads_no_recipients(self) -> None:
+        # A failed TRACK must not cost time in proportion to what the message
+        # holds: its recipients are read only once the certifier matched.
+        store, _ = await self.started()
+        await store.upsert([message()])
+        statements: list[str] = []
+        db = sqlite3.connect(store.path)
+        self.addCleanup(db.close)
+        db.set_trace_callback(statements.append)
+        seen: list[str | None] = []
+
+        def refuse(certifier: str | None) -> bool:
+            seen.append(certifier)
+            return False
+
+        self.assertIsNone(select_message(db.cursor(), message().envid, START, refuse))
+        self.assertIsNone(select_message(db.cursor(), "nobody@example.com", START, refuse))
+        self.assertEqual(seen, [message().certifier, None], "a miss is checked too")
+        self.assertFalse([q for q in statements if "recipients" in q], statements)
+        found = select_message(db.cursor(), message().envid, START, lambda c: True)
+        self.assertEqual(found, message())
+
+    @deferred_test
     async def test_store_files_private(self) -> None:
         # Certifiers and recipient addresses are for the daemon's user only
         # (review m10), whatever the umask: daemon, writer and check alike.
@@ -608,11 +632,16 @@ class FakeStore:
     def stop(self) -> defer.Deferred[None]:
         return defer.succeed(None)
 
-    def lookup(self, envid: str) -> defer.Deferred[StoredMessage | None]:
+    def lookup(
+        self, envid: str, accept: Callable[[str | None], bool] | None = None
+    ) -> defer.Deferred[StoredMessage | None]:
         self.looked_up.append(envid)
         if self.error is not None:
             return defer.fail(self.error)
-        return defer.succeed(self.messages.get(envid))
+        message = self.messages.get(envid)
+        if accept is not None and not accept(message.certifier if message else None):
+            return defer.succeed(None)
+        return defer.succeed(message)
 
     def upsert(self, records: Any) -> defer.Deferred[int]:
         raise NotImplementedError
@@ -725,7 +754,7 @@ class LocalTrackerTests(SynchronousTestCase):
     def test_cancel_passes_through(self) -> None:
         pending: defer.Deferred[StoredMessage | None] = defer.Deferred()
         store = FakeStore()
-        store.lookup = lambda envid: pending  # type: ignore[method-assign]
+        store.lookup = lambda envid, accept=None: pending  # type: ignore[method-assign]
         d = LocalTracker(store, self.hostname).track("x", SECRET_B64)
         d.cancel()
         self.failureResultOf(d, defer.CancelledError)
