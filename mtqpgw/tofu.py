@@ -8,14 +8,21 @@ session differs (trust on first use).  ``mtqp track`` uses it like this::
 
     cache = TofuCache()                       # $XDG_CACHE_HOME/mtqpgw/servers.json
     seen = observation_from_info(proto.info)  # after the session is ready
-    for warning in cache.observe(host, port, seen):
-        print(warning, file=sys.stderr)
+    for line in cache.observe(host, port, seen, verified=verified):
+        print(line, file=sys.stderr)
 
 The logic (L{compare}, L{combine}) is pure; L{TofuCache} adds a small JSON
 file.  Only whether STARTTLS was offered and a SHA-256 of the server's
 certificate are stored: nothing secret, no envelope ids.  On an alarm the old
 record is kept (so the alarm repeats until someone looks); a user who
-accepts a change calls L{TofuCache.forget} or deletes the file.
+accepts a change calls L{forget_server} (L{TofuCache.forget}) or removes the
+entry the alarm names.
+
+A certificate change is an alarm only when nothing vouched for the new
+certificate.  When the session verified it (against a CA file or the
+platform's trust store), a changed fingerprint is a renewal: it replaces
+the old one, with a note instead of the alarm.  Otherwise an ordinary
+renewal would raise the alarm for ever, and users learn to ignore alarms.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from mtqpgw.uri import split_host_port
+
 __all__ = [
     "FILE_NAME",
     "Observation",
@@ -40,6 +49,8 @@ __all__ = [
     "combine",
     "compare",
     "default_cache_path",
+    "forget_server",
+    "notes",
     "observation_from_info",
     "server_key",
 ]
@@ -91,8 +102,24 @@ def _short(fingerprint: str) -> str:
     return ":".join(fingerprint[i : i + 2] for i in range(0, 16, 2)).upper() + "..."
 
 
-def compare(server: str, before: Observation | None, now: Observation) -> list[str]:
-    """The alarms raised by ``now`` against what was remembered (none on first use)."""
+def _cert_changed(before: Observation | None, now: Observation) -> bool:
+    return (
+        before is not None
+        and before.cert_sha256 is not None
+        and now.cert_sha256 is not None
+        and before.cert_sha256 != now.cert_sha256
+    )
+
+
+def compare(
+    server: str, before: Observation | None, now: Observation, *, verified: bool = False
+) -> list[str]:
+    """The alarms raised by ``now`` against what was remembered (none on first use).
+
+    *verified*: the session checked the certificate against trusted CAs, so
+    a new one is a renewal, not an alarm (see L{notes}).  A vanished
+    STARTTLS is an alarm either way: no certificate was there to verify.
+    """
     if before is None:
         return []
     warnings = []
@@ -101,11 +128,8 @@ def compare(server: str, before: Observation | None, now: Observation) -> list[s
             f"WARNING: {server} offered STARTTLS in an earlier session but not in this one. "
             "Someone may be removing it to read your queries (RFC 3887 section 11)."
         )
-    if (
-        before.cert_sha256 is not None
-        and now.cert_sha256 is not None
-        and before.cert_sha256 != now.cert_sha256
-    ):
+    if _cert_changed(before, now) and not verified:
+        assert before.cert_sha256 is not None and now.cert_sha256 is not None
         warnings.append(
             f"WARNING: {server} presented a different TLS certificate than in an earlier "
             f"session (SHA-256 {_short(now.cert_sha256)}, remembered "
@@ -113,6 +137,21 @@ def compare(server: str, before: Observation | None, now: Observation) -> list[s
             "intercepting the connection (RFC 3887 section 11)."
         )
     return warnings
+
+
+def notes(
+    server: str, before: Observation | None, now: Observation, *, verified: bool = False
+) -> list[str]:
+    """Informational lines (no alarm): a verified session's new certificate replacing the old."""
+    if not (verified and _cert_changed(before, now)):
+        return []
+    assert before is not None and before.cert_sha256 is not None
+    assert now.cert_sha256 is not None
+    return [
+        f"note: {server} presented a new TLS certificate (SHA-256 {_short(now.cert_sha256)}, "
+        f"remembered {_short(before.cert_sha256)}); it was verified, so it is remembered "
+        "from now on."
+    ]
 
 
 def combine(before: Observation | None, now: Observation) -> Observation:
@@ -231,10 +270,12 @@ class TofuCache:
     def get(self, host: str, port: int) -> Observation | None:
         return self._servers.get(server_key(host, port))
 
-    def check(self, host: str, port: int, now: Observation) -> list[str]:
+    def check(
+        self, host: str, port: int, now: Observation, *, verified: bool = False
+    ) -> list[str]:
         """Alarms for ``now`` against the remembered record; changes nothing."""
         key = server_key(host, port)
-        return compare(key, self._servers.get(key), now)
+        return compare(key, self._servers.get(key), now, verified=verified)
 
     def remember(self, host: str, port: int, now: Observation) -> None:
         """Record ``now`` (combined with the old record) and write the file."""
@@ -242,30 +283,67 @@ class TofuCache:
         self._servers[key] = combine(self._servers.get(key), now)
         self._save()
 
-    def observe(self, host: str, port: int, now: Observation) -> list[str]:
-        """Check, then remember unless there was an alarm: returns the alarms.
+    def observe(
+        self, host: str, port: int, now: Observation, *, verified: bool = False
+    ) -> list[str]:
+        """Check, then remember unless there was an alarm: returns the lines to show.
 
-        An alarm leaves the old record in place, with a line saying how to
-        accept the change.
+        Alarms start with ``WARNING:``; an alarm leaves the old record in
+        place, followed by a line saying exactly how to accept the change.
+        *verified* (the session checked the certificate against trusted CAs)
+        turns a changed certificate into a ``note:`` and records it.
         """
-        warnings = self.check(host, port, now)
+        key = server_key(host, port)
+        warnings = self.check(host, port, now, verified=verified)
         if warnings:
             warnings.append(
-                f"If this change is expected, forget {server_key(host, port)} by "
-                f"removing its entry from {self.path}."
+                f'If this change is expected, remove the entry "{key}" (under "servers") '
+                f"from {self.path}, or delete that file to forget every server."
             )
-        else:
-            before = self.get(host, port)
-            if combine(before, now) != before:
-                self.remember(host, port, now)
-        return warnings
+            return warnings
+        before = self.get(host, port)
+        lines = notes(key, before, now, verified=verified)
+        if combine(before, now) != before:
+            self.remember(host, port, now)
+        return lines
 
     def forget(self, host: str, port: int) -> bool:
         """Drop the record for a server (accepting whatever it shows next)."""
-        removed = self._servers.pop(server_key(host, port), None) is not None
+        return self.forget_key(server_key(host, port))
+
+    def forget_key(self, key: str) -> bool:
+        """L{forget} by the key the alarms print (``host:port``)."""
+        removed = self._servers.pop(key, None) is not None
         if removed:
             self._save()
         return removed
 
+    def keys(self) -> list[str]:
+        """The remembered servers' keys (``host:port``), sorted."""
+        return sorted(self._servers)
+
     def __len__(self) -> int:
         return len(self._servers)
+
+
+def forget_server(server: str, path: str | os.PathLike[str] | None = None) -> list[str]:
+    """Forget *server* in the cache at *path* (default L{default_cache_path}); the keys removed.
+
+    *server* is ``host:port`` as the alarms print it (``[::1]:1038`` for
+    IPv6), or a bare host, which forgets it on every port (SRV may have
+    led to any).  Raises ValueError for text that is not ``HOST[:PORT]``.
+    For a command such as ``mtqp forget-server HOST[:PORT]``.
+    """
+    host, port = split_host_port(server)
+    if not host:
+        raise ValueError(f"not HOST[:PORT]: {server!r}")
+    cache = TofuCache(path)
+    if port is not None:
+        return [server_key(host, port)] if cache.forget(host, port) else []
+    prefix = server_key(host, 1)[: -len(":1")] + ":"
+    removed = []
+    for key in cache.keys():
+        if key.startswith(prefix) and key[len(prefix) :].isdigit():
+            cache.forget_key(key)
+            removed.append(key)
+    return removed

@@ -299,7 +299,13 @@ class _Asker:
             # Remembered under the server connected to, whatever --tls-name says.
             seen = observation_from_info(info)
             if skipped is None:
-                alarms = self.tofu.observe(target.host, target.port, seen)
+                # A certificate checked against trusted CAs (--cafile, or
+                # --tls required's platform store) vouches for a renewal: the
+                # cache records it with a note instead of alarming for ever.
+                verified = bool(info is not None and info.tls) and (
+                    mode is TLSMode.REQUIRED or self.cafile is not None
+                )
+                alarms = self.tofu.observe(target.host, target.port, seen, verified=verified)
             else:
                 # TLS was never tried, so this session proves nothing about
                 # the server's TLS: still check (a STARTTLS that vanished is

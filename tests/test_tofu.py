@@ -18,6 +18,8 @@ from mtqpgw.tofu import (
     combine,
     compare,
     default_cache_path,
+    forget_server,
+    notes,
     observation_from_info,
     server_key,
 )
@@ -42,6 +44,21 @@ class PureLogicTests(SynchronousTestCase):
         (warning,) = compare("h:1038", Observation(True, FP1), Observation(True, FP2))
         self.assertIn("different TLS certificate", warning)
         self.assertIn("BB:BB", warning, "the new fingerprint is shown")
+
+    def test_verified_certificate_change_is_a_note(self) -> None:
+        """A certificate the session verified against trusted CAs is a renewal, not an alarm."""
+        before, now = Observation(True, FP1), Observation(True, FP2)
+        self.assertEqual(compare("h:1038", before, now, verified=True), [])
+        (note,) = notes("h:1038", before, now, verified=True)
+        self.assertTrue(note.startswith("note: h:1038 presented a new TLS certificate"), note)
+        self.assertIn("BB:BB", note)
+        self.assertEqual(notes("h:1038", before, now), [], "unverified: the alarm, no note")
+        self.assertEqual(notes("h:1038", before, before, verified=True), [])
+        self.assertEqual(notes("h:1038", None, now, verified=True), [], "first use")
+
+    def test_verified_does_not_excuse_a_stripped_starttls(self) -> None:
+        (warning,) = compare("h", Observation(True, FP1), Observation(False), verified=True)
+        self.assertIn("STARTTLS", warning)
 
     def test_both_alarms_at_once_are_impossible_but_each_is_independent(self) -> None:
         self.assertEqual(compare("h", Observation(True, FP1), Observation(True, FP1)), [])
@@ -145,6 +162,7 @@ class CacheFileTests(SynchronousTestCase):
         self.assertEqual(len(warnings), 2)
         self.assertIn("STARTTLS", warnings[0])
         self.assertIn(self.path, warnings[1], "the alarm says how to accept the change")
+        self.assertIn('the entry "mtqp.example.com:1038" (under "servers")', warnings[1])
         self.assertEqual(
             TofuCache(self.path).get("mtqp.example.com", 1038),
             Observation(True, FP1),
@@ -168,6 +186,42 @@ class CacheFileTests(SynchronousTestCase):
             TofuCache(self.path).observe("h.example", 1038, Observation(True, FP2)), []
         )
         self.assertEqual(TofuCache(self.path).get("h.example", 1038), Observation(True, FP2))
+
+    def test_verified_renewal_replaces_the_record(self) -> None:
+        TofuCache(self.path).observe("h.example", 1038, Observation(True, FP1))
+        (line,) = TofuCache(self.path).observe(
+            "h.example", 1038, Observation(True, FP2), verified=True
+        )
+        self.assertTrue(line.startswith("note: "), line)
+        self.assertEqual(TofuCache(self.path).get("h.example", 1038), Observation(True, FP2))
+        self.assertEqual(
+            TofuCache(self.path).observe("h.example", 1038, Observation(True, FP2)),
+            [],
+            "the renewed certificate is the remembered one now: no alarm next time",
+        )
+
+    def test_unverified_change_keeps_alarming(self) -> None:
+        TofuCache(self.path).observe("h.example", 1038, Observation(True, FP1))
+        for _ in range(2):
+            warnings = TofuCache(self.path).observe("h.example", 1038, Observation(True, FP2))
+            self.assertTrue(warnings[0].startswith("WARNING: "))
+        self.assertEqual(TofuCache(self.path).get("h.example", 1038), Observation(True, FP1))
+
+    def test_forget_server(self) -> None:
+        cache = TofuCache(self.path)
+        for host, port in (("h.example", 1038), ("h.example", 2000), ("::1", 1038), ("g", 1)):
+            cache.remember(host, port, Observation(True, FP1))
+        self.assertEqual(forget_server("H.example:2000", self.path), ["h.example:2000"])
+        self.assertEqual(forget_server("h.example:2000", self.path), [])
+        self.assertEqual(forget_server("[::1]:1038", self.path), ["[::1]:1038"])
+        TofuCache(self.path).remember("h.example", 2000, Observation(True, FP1))
+        self.assertEqual(
+            forget_server("h.example", self.path),
+            ["h.example:1038", "h.example:2000"],
+            "a bare host: every port of it",
+        )
+        self.assertEqual(TofuCache(self.path).keys(), ["g:1"])
+        self.assertRaises(ValueError, forget_server, "h.example:port", self.path)
 
     def test_corrupt_file_is_an_empty_memory(self) -> None:
         os.makedirs(os.path.dirname(self.path))

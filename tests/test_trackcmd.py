@@ -880,6 +880,43 @@ class TLSNameTests(TrackTestCase):
             self.assertEqual(self.zone.queries, [])
 
 
+class CertificateRenewalTests(TrackTestCase):
+    """A verified session's new certificate replaces the remembered one, with a note."""
+
+    async def test_verified_renewal_is_remembered(self) -> None:
+        answer = Answer.found([part("hop1.test", rcpt("user1", Action.DELIVERED, "2.0.0"))])
+        # Same CA and name, another certificate (certs.issue caches by its arguments).
+        old, new = certs.issue(["hop1.test"]), certs.issue(["hop1.test"], common_name="renewed")
+        self.assertNotEqual(old.sha256, new.sha256)
+        factory = MTQPServerFactory(
+            FixedTracker(answer),
+            ServerLimits(hostname="hop1.test"),
+            tls=ServerTLS.from_files([(old.cert, old.key)]),
+        )
+        port = listen(self, factory)
+        self.name("hop1.test", port)
+        path = self.mktemp()
+        cafile = certs.default_ca().cert_path
+        for mode in ("required", "opportunistic"):
+            argv = ["--tls", mode, "--cafile", cafile, uri("hop1.test")]
+            factory.tls = ServerTLS.from_files([(old.cert, old.key)])
+            TofuCache(path).forget("hop1.test", port)
+            code, out, err = await self.track(*argv, tofu=TofuCache(path))
+            self.assertEqual((code, err), (0, ""))
+
+            factory.tls = ServerTLS.from_files([(new.cert, new.key)])
+            code, out, err = await self.track(*argv, tofu=TofuCache(path))
+            self.assertEqual(code, 0)
+            self.assertTrue(
+                err.startswith(f"mtqp track: note: hop1.test:{port} presented a new TLS"), err
+            )
+            self.assertNotIn("WARNING", err)
+            self.assertEqual(err.count("\n"), 1)
+            self.assertEqual(TofuCache(path).get("hop1.test", port).cert_sha256, new.sha256)
+            code, out, err = await self.track(*argv, tofu=TofuCache(path))
+            self.assertEqual((code, err), (0, ""), "the renewal is not news twice")
+
+
 class UsageTests(TrackTestCase):
     async def check_usage(self, *argv: str) -> str:
         code, out, err = await self.track(*argv)
