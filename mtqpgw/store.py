@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
+from urllib.parse import quote
 
 from twisted.application.service import Service
 from twisted.enterprise import adbapi
@@ -497,6 +498,41 @@ def prepare_connection(connection: sqlite3.Connection, path: str) -> None:
     except BaseException:
         connection.close()
         raise
+
+
+def inspect_store(path: str) -> None:
+    """Raise L{StoreError} unless ``path`` is usable as a store, without writing to it.
+
+    For ``mtqp check-config``: the same verdicts the daemon's start-up
+    reaches (a writable place, not another program's database, not a newer
+    schema), but the file is opened read-only, nothing is migrated and the
+    journal mode is left alone.  A file that does not exist yet is fine when
+    its directory is.
+    """
+    check_path(path)
+    if _is_memory(path) or not os.path.exists(path):
+        return
+    try:
+        connection = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot open the tracking store {path}: {e}") from e
+    try:
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        tables = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot open the tracking store {path}: {e}") from e
+    finally:
+        connection.close()
+    if version == 0 and tables:
+        raise StoreError(
+            f"cannot open the tracking store {path}: it is another program's "
+            "SQLite database (it has tables but no mtqpgw schema)"
+        )
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"cannot open the tracking store {path}: schema version {version} "
+            f"is newer than this mtqpgw understands ({SCHEMA_VERSION})"
+        )
 
 
 # --- The asynchronous store ------------------------------------------------

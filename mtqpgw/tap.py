@@ -84,24 +84,24 @@ class AdminDownFile(service.Service):
 def preflight(config: Config, create_store: bool = True) -> Any:
     """What must hold before the daemon starts; the ServerTLS, or None without certificates.
 
-    Every certificate and key loads, and the store can be opened (created,
-    when ``create_store``; ``mtqp check-config`` only looks).  Raises
+    Every certificate and key loads, and the store can be opened (created or
+    migrated when ``create_store``; ``mtqp check-config`` only looks, opening
+    an existing store read-only).  Raises
     ConfigError (TLSConfigError is one) or StoreError, each one line.  The
     daemon and ``mtqp check-config`` both run it, so a config that checks
     ``ok`` starts.
     """
-    from mtqpgw.store import SQLiteStore, check_path
+    from mtqpgw.store import SQLiteStore, inspect_store
 
     tls = None
     if config.tls.certificates:
         from mtqpgw.tls import ServerTLS
 
         tls = ServerTLS.from_config(config.tls)
-    path = config.store.path
-    if create_store or os.path.exists(path):
-        SQLiteStore(path).check()
+    if create_store:
+        SQLiteStore(config.store.path).check()
     else:
-        check_path(path)
+        inspect_store(config.store.path)
     return tls
 
 

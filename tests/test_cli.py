@@ -108,6 +108,37 @@ class CheckConfigTests(SynchronousTestCase):
         self.assertEqual(status, 1)
         self.assertEqual(len(err.strip().splitlines()), 1)
 
+    def test_existing_store_left_untouched(self) -> None:
+        # check-config looks; it neither migrates nor switches journal mode
+        # (re-review finding 10).
+        import sqlite3
+
+        from mtqpgw.store import SQLiteWriter
+
+        path = self.write('[store]\npath = "s.sqlite3"\n')
+        store = os.path.join(os.path.dirname(path), "s.sqlite3")
+        SQLiteWriter(store).close()
+        db = sqlite3.connect(store)
+        db.execute("PRAGMA journal_mode = DELETE")
+        db.close()
+        with open(store, "rb") as f:
+            before = f.read()
+        self.assertEqual(run("check-config", path)[:2], (0, "ok\n"))
+        with open(store, "rb") as f:
+            self.assertEqual(f.read(), before)
+        self.assertFalse(os.path.exists(store + "-wal"))
+
+    def test_newer_schema_refused(self) -> None:
+        import sqlite3
+
+        path = self.write('[store]\npath = "s.sqlite3"\n')
+        db = sqlite3.connect(os.path.join(os.path.dirname(path), "s.sqlite3"))
+        db.execute("PRAGMA user_version = 99")
+        db.close()
+        status, _, err = run("check-config", path)
+        self.assertEqual(status, 1)
+        self.assertIn("schema version 99", err)
+
     def test_missing_file(self) -> None:
         status, _, err = run("check-config", "/nonexistent/mtqpgw.toml")
         self.assertEqual(status, 1)
