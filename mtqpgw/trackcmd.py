@@ -26,6 +26,7 @@ from twisted.internet import defer, endpoints, error, task
 from twisted.python.failure import Failure
 
 from mtqpgw import wire
+from mtqpgw.certifier import decode_secret
 from mtqpgw.client import (
     ClientError,
     MTQPClientProtocol,
@@ -109,6 +110,14 @@ def request_from_args(args: argparse.Namespace) -> TrackRequest:
             if len(given) != 2:
                 raise UsageError("with --server, give ENVID and SECRET (and no URI)")
             host, port = parse_server(args.server)
+            if decode_secret(given[1]) is None:
+                # The URI's message (about %2F) is beside the point here: the
+                # usual slip is pasting secret A instead of its base64.
+                # Never echo it: it is a secret.
+                raise UsageError(
+                    "SECRET must be the base64 mtrk-secret as sent on the wire "
+                    "(base64 of secret A), not secret A itself"
+                )
             uri = MTQPURI(host, port, given[0], given[1])
         else:
             if len(given) != 1:

@@ -942,6 +942,25 @@ class UsageTests(TrackTestCase):
     async def test_bad_secret(self) -> None:
         await self.check_usage("--server", "hop1.test", ENVID, "not base64!")
 
+    async def test_plain_secret_with_server(self) -> None:
+        """--server mode: the likely slip is secret A itself; say what SECRET must be."""
+        plain = "op secret 1"
+        err = await self.check_usage("--server", "hop1.test", ENVID, plain)
+        self.assertEqual(
+            err,
+            "mtqp track: SECRET must be the base64 mtrk-secret as sent on the wire "
+            "(base64 of secret A), not secret A itself\n",
+        )
+        self.assertNotIn(plain, err)
+        self.assertNotIn("%2F", err, "escapes are a URI matter")
+
+    async def test_secret_with_slash_needs_no_escape_with_server(self) -> None:
+        factory = ScriptedFactory(b"-ERR/noinfo Nothing\r\n")
+        port = listen(self, factory)
+        code, out, err = await self.track("--server", f"127.0.0.1:{port}", ENVID, "YWJ/ZGVm")
+        self.assertEqual(code, 1)
+        self.assertEqual(factory.lines[0], f"TRACK <{ENVID}> YWJ/ZGVm".encode())
+
     async def test_bad_port(self) -> None:
         await self.check_usage("--server", "hop1.test:99999", ENVID, SECRET)
 
