@@ -24,8 +24,9 @@ of the hosts behind it and answer for them, within 2 minutes.  For one TRACK:
    keep the gateway's block ("passed on, no further information").
 5. Each inner answer is screened first (``mtqpgw.merge.screen``, review
    M2): a part about another envelope id, or one whose Reporting-MTA is no
-   plain host name or names this gateway (its name, one of ``addresses``),
-   is dropped and logged, and its referrals are not followed.
+   plain host name or names this gateway (its name, one of ``addresses``)
+   or another configured inner host, is dropped and logged, and its
+   referrals are not followed.
    ``mtqpgw.merge`` then builds the parts (``hops`` or ``combined``) from
    one L{HostAnswer} per inner host asked, so that one host's parts never
    merge into another's; the rewriter runs last, on every answer this
@@ -474,7 +475,12 @@ class _Query:
             )
             parts = parts[:MAX_PARTS_PER_ANSWER]
         kept, refused = screen(
-            parts, self.envid, self.tracker.hostname, addresses=self.tracker.addresses
+            parts,
+            self.envid,
+            self.tracker.hostname,
+            addresses=self.tracker.addresses,
+            host=name,
+            inner=self.tracker.inner,
         )
         for part, why in refused:
             log.warn(

@@ -31,9 +31,10 @@ runs.  Then:
     trailing dot) become one: the first one's per-message fields, gaps
     filled from later ones, the union of their recipients (a later block
     replaces an earlier one for the same recipient, in its place).  Parts of
-    two different hosts are never merged, whatever their Reporting-MTA says:
-    a host claiming another's name adds a part of its own and cannot change
-    the other's.  A part exactly equal to one already in the answer (a host
+    two different hosts are never merged, whatever their Reporting-MTA says,
+    and a part from one host asked that names another host asked is left
+    out (in both modes; ``screen`` refuses it against every configured
+    inner host): a host cannot speak as another.  A part exactly equal to one already in the answer (a host
     that chains passing on the part of a host the gateway also asked) adds
     nothing and is left out; so is an inner part equal to the gateway's own.
 
@@ -122,6 +123,8 @@ def screen(
     gateway: str,
     *,
     addresses: Iterable[str] = (),
+    host: str | None = None,
+    inner: Iterable[str] = (),
 ) -> tuple[list[TrackingStatus], list[tuple[TrackingStatus, str]]]:
     """Split an inner host's parts into those the gateway may use and ``(part, why)`` for the rest.
 
@@ -144,9 +147,17 @@ def screen(
     Only the gateway speaks for the gateway.  What is not covered: names and
     addresses of the gateway that it was not told (an address of a
     wildcard listener, a NAT address, a DNS alias).
+
+    And it is refused when ``host`` (the inner host that answered) is given
+    and the name is one of ``inner`` (the configured inner hosts) other than
+    ``host``: the gateway asks that host itself, and one inner host does not
+    speak for another (review M2).  Names the gateway does not know (hosts
+    behind an inner gateway) are that host's to report.
     """
     wanted = _bare_envid(envid)
     own = {key for key in map(host_key, (gateway, *addresses)) if key}
+    asker = host_key(host)
+    others = {key for key in map(host_key, inner) if key and key != asker} if asker else set()
     kept: list[TrackingStatus] = []
     refused: list[tuple[TrackingStatus, str]] = []
     for part in parts:
@@ -157,6 +168,8 @@ def screen(
             refused.append((part, "its Reporting-MTA is not a plain host name or address"))
         elif name in own or _is_anyone(name):
             refused.append((part, "its Reporting-MTA names this gateway"))
+        elif name in others:
+            refused.append((part, "its Reporting-MTA names another inner host"))
         else:
             kept.append(part)
     return kept, refused
@@ -222,7 +235,7 @@ def merge_hops(
     """
     parts: list[TrackingStatus] = [] if local is None else [local]
     seen: set[TrackingStatus] = set(parts)
-    for answer in inner:
+    for answer in _own_parts(inner):
         for part in _merge_by_reporter(answer.parts):
             if part not in seen:
                 seen.add(part)
@@ -251,6 +264,7 @@ def merge_combined(
     module docstring.  No inner parts give ``(local,)`` with ``local``
     itself; nothing at all gives ``()``.
     """
+    inner = _own_parts(inner)
     inner_parts = [part for answer in inner for part in answer.parts]
     if local is None and not inner_parts:
         return ()
@@ -274,6 +288,24 @@ def merge_combined(
     if reporting_mta:
         head = head.evolve(reporting_mta=_mta_field(reporting_mta))
     return (head.evolve(recipients=recipients),)
+
+
+def _own_parts(inner: Sequence[HostAnswer]) -> list[HostAnswer]:
+    """``inner`` less each part whose Reporting-MTA names another host asked (review M2).
+
+    ``screen`` refuses those, and logs them, against every configured inner
+    host; this keeps the rule for a caller that merges without screening,
+    against the hosts in ``inner``.
+    """
+    asked = {answer.host for answer in inner if answer.host is not None}
+    if len(asked) < 2:
+        return list(inner)
+    kept = []
+    for answer in inner:
+        others = asked - {answer.host}
+        parts = tuple(p for p in answer.parts if _reporter_key(p) not in others)
+        kept.append(answer if len(parts) == len(answer.parts) else HostAnswer(answer.host, parts))
+    return kept
 
 
 def referrals(part: TrackingStatus) -> list[tuple[str, RecipientStatus]]:

@@ -693,12 +693,14 @@ class HostileInnerTests(ChainTestCase):
 
     def test_hops(self) -> None:
         answer = self.run_query("hops")
-        # inner.corp's part is its own; evil.corp's claim is a part of
-        # evil.corp's answer; nothing names the gateway but its own part.
-        self.assertEqual(answer.parts, (self.local, self.inner, self.forged_inner, self.evil))
+        # inner.corp's part is its own; evil.corp's claim to be inner.corp
+        # is dropped (it was once kept as a part of evil.corp's answer);
+        # nothing names the gateway but its own part.
+        self.assertEqual(answer.parts, (self.local, self.inner, self.evil))
         self.assertEqual(self.pool.hosts(), ["inner.corp", "evil.corp"], "third.corp not asked")
         text = self.log.text()
         self.assertIn("names this gateway", text)
+        self.assertIn("names another inner host", text)
         self.assertIn("Original-Envelope-Id", text)
         self.assertIn("evil.corp", text)
 
@@ -781,13 +783,24 @@ class HostileInnerTests(ChainTestCase):
         """An inner host that chains itself: the parts from behind it stay in its answer."""
         d = self.gateway("inner.corp", "evil.corp").track(ENVID, SECRET_B64)
         behind = part("hidden.corp", delivered("b@example1.com"))
-        # evil.corp also passes on a (stale) copy of inner.corp's part.
+        # evil.corp also passes on a (stale) copy of inner.corp's part: a
+        # configured host the gateway asks itself, so that copy is dropped
+        # (review M2; it was once kept).
         stale = part("inner.corp", relayed("a@example1.com", "hidden.corp"))
         self.pool.answer("evil.corp", Answer.found([self.evil, behind, stale]))
         self.pool.answer("inner.corp", Answer.found([self.inner]))
         self.assertEqual(
-            self.successResultOf(d).parts, (self.local, self.inner, self.evil, behind, stale)
+            self.successResultOf(d).parts, (self.local, self.inner, self.evil, behind)
         )
+
+    def test_a_host_may_not_speak_as_a_configured_host_not_asked(self) -> None:
+        """Review M2: evil.corp's part as third.corp (configured, not asked) is dropped too."""
+        d = self.gateway("inner.corp", "evil.corp", "third.corp").track(ENVID, SECRET_B64)
+        as_third = part("Third.Corp.", relayed("b@example1.com", "inner.corp"))
+        self.pool.answer("evil.corp", Answer.found([as_third, self.evil]))
+        self.pool.answer("inner.corp", Answer.found([self.inner]))
+        self.assertEqual(self.successResultOf(d).parts, (self.local, self.inner, self.evil))
+        self.assertIn("names another inner host", self.log.text())
 
 
 def big_part(reporter: str, size: int, *extra: RecipientStatus) -> TrackingStatus:

@@ -535,8 +535,43 @@ class HostileInnerHostTests(SynchronousTestCase):
             result = merge_hops(self.LOCAL, order)
             self.assertIs(result[0], self.LOCAL)
             self.assertIn(self.INNER, result, "inner.corp's own part is untouched")
-            self.assertIn(self.FORGED, result, "the claim stays a part of its own")
-            self.assertEqual(len(result), 4)
+            # Review M2: evil.corp's part naming inner.corp, another host
+            # asked, is left out (it was once kept as a part of its own).
+            self.assertNotIn(self.FORGED, result)
+            self.assertEqual(len(result), 3)
+
+    def test_a_host_may_not_speak_as_another_host_asked(self) -> None:
+        """Review M2 (/tmp/rv/m2.py): a.corp's part as b.corp is no part of the answer."""
+        local = part(
+            "gw.example.com", relayed("u1@x.com", "a.corp"), relayed("u2@x.com", "b.corp")
+        )
+        a_own = part("a.corp", block("u1@x.com", original="u1@x.com"))
+        fake_b = part("b.corp", block("u2@x.com", "failed", "5.1.1", original="u2@x.com"))
+        b_own = part("b.corp", block("u2@x.com", original="u2@x.com"))
+        inner = [asked("a.corp", a_own, fake_b), asked("B.Corp.", b_own)]
+        self.assertEqual(merge_hops(local, inner), (local, a_own, b_own))
+        # Alone (b.corp not asked) the part is kept here: screen is what
+        # knows the configured hosts.
+        self.assertEqual(merge_hops(local, inner[:1]), (local, a_own, fake_b))
+
+    def test_screen_refuses_another_configured_inner_host(self) -> None:
+        behind = part("hidden.corp.example.com", block("a@example1.com"))
+        own = part("Evil.Corp.Example.com.", block("b@example1.com"))
+        configured = ["inner.corp.example.com", "EVIL.corp.example.com", "[10.0.0.5]"]
+        literal = part("[10.0.0.5]", block("c@example1.com"))
+        kept, refused = screen(
+            [self.FORGED, behind, own, literal],
+            ENVID,
+            "mtqp.example.com",
+            host="evil.corp.example.com",
+            inner=configured,
+        )
+        self.assertEqual(kept, [behind, own])
+        self.assertEqual([p for p, _ in refused], [self.FORGED, literal])
+        self.assertIn("names another inner host", refused[0][1])
+        # Without the host that answered, nothing is refused for it.
+        kept, _ = screen([self.FORGED], ENVID, "mtqp.example.com", inner=configured)
+        self.assertEqual(kept, [self.FORGED])
 
     def test_hops_merges_within_one_hosts_answer(self) -> None:
         later = part("inner.corp.example.com", block("c@example1.com", original="c@example1.com"))
@@ -592,11 +627,14 @@ class HostileInnerHostTests(SynchronousTestCase):
         handing = part(
             "inner.corp.example.com", relayed("a@example1.com", "evil.corp.example.com")
         )
+        # (Reported as evil.corp itself: a part naming inner.corp, another
+        # host asked, is left out whatever it says.)
+        said = self.FORGED.evolve(reporting_mta="dns; evil.corp.example.com")
         (combined,) = merge_combined(
             None,
             [
                 asked("inner.corp.example.com", handing),
-                asked("evil.corp.example.com", self.FORGED),
+                asked("evil.corp.example.com", said),
             ],
         )
         self.assertEqual(combined.recipients, self.FORGED.recipients)
