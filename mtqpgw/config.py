@@ -948,12 +948,6 @@ def check_files(config: Config) -> None:
             raise ConfigError(f"no such {what}: {path}", key)
         if not os.path.isfile(path) or not os.access(path, os.R_OK):
             raise ConfigError(f"not a readable {what}: {path}", key)
-    down_file = config.server.admin_down_file
-    if down_file is not None and not os.path.isdir(os.path.dirname(down_file) or "."):
-        raise ConfigError(
-            f"the directory does not exist: {os.path.dirname(down_file)}",
-            "server.admin_down_file",
-        )
     store = config.store.path
     if store != MEMORY_STORE:
         if os.path.isdir(store):

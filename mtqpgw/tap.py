@@ -62,6 +62,7 @@ class AdminDownFile(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        log.info("Maintenance switch: administratively down while {path} exists", path=self.path)
         self._loop.start(self.interval, now=True)
 
     def stopService(self) -> None:
