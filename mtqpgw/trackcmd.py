@@ -451,7 +451,9 @@ def _who(block: RecipientStatus) -> str:
 
 
 def _recipient_line(block: RecipientStatus) -> str:
-    line = f"{_who(block)}: {block.action.value} ({block.status})"
+    # The status may carry its own comment ("4.4.1 (No answer from host)"):
+    # a comma, not brackets, keeps it from nesting as "delayed (4.4.1 (...))".
+    line = f"{_who(block)}: {block.action.value}, {block.status}"
     if block.remote_mta:
         line += f", next hop {block.remote_mta}"
     if block.last_attempt_date:
