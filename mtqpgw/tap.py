@@ -7,8 +7,10 @@ import os
 import socket
 from typing import Any
 
-from twisted.application import service, strports
-from twisted.internet import task
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import endpoints, task
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -137,10 +139,29 @@ def build_service(config: Config, reactor: Any = None) -> tuple[service.MultiSer
         tracker = _RewritingTracker(tracker, Rewriter(config.rewrite))
     factory = MTQPServerFactory(tracker, config.server, tls, reactor)
     for description in config.server.listen:
-        strports.service(description, factory, reactor=reactor).setServiceParent(top)
+        _Listener(description, factory, reactor).setServiceParent(top)
     if config.server.admin_down_file is not None:
         AdminDownFile(factory, config.server.admin_down_file, reactor).setServiceParent(top)
     return top, factory
+
+
+class _Listener(StreamServerEndpointService):
+    """One ``listen`` endpoint; a port that cannot be had stops start-up in one line."""
+
+    def __init__(self, description: str, factory: MTQPServerFactory, reactor: Any) -> None:
+        super().__init__(endpoints.serverFromString(reactor, description), factory)
+        self.description = description
+        # As strports.service does: fail at start-up, not later in a log.
+        self._raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            why = getattr(e.socketError, "strerror", None) or str(e.socketError)
+            raise SystemExit(
+                f"mtqpgw: server.listen: cannot listen on {self.description}: {why}"
+            ) from None
 
 
 class _RewritingTracker:

@@ -252,6 +252,29 @@ class TwistdTests(SynchronousTestCase):
         self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
         self.assertIn("listen_on", result.stderr)
 
+    def test_port_in_use_one_line(self) -> None:
+        import socket
+
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(f'[server]\nlisten = "tcp:{port}:interface=127.0.0.1"\n')
+            f.write('[store]\npath = ":memory:"\n')
+        result = self.twistd("-n", "--pidfile=", "mtqpgw", "--config", path)
+        self.assertNotEqual(result.returncode, 0)
+        # twistd has started logging by then, so the line is in the log.
+        output = result.stdout + result.stderr
+        self.assertNotIn("Traceback", output)
+        refusals = [line for line in output.splitlines() if "cannot listen" in line]
+        self.assertEqual(len(refusals), 1, output)
+        self.assertIn(
+            f"server.listen: cannot listen on tcp:{port}:interface=127.0.0.1", refusals[0]
+        )
+
     def test_unwritable_store_one_line(self) -> None:
         path = os.path.abspath(self.mktemp())
         with open(path, "w") as f:
