@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet import defer, endpoints, error, interfaces
+from twisted.internet import defer, error, interfaces, protocol
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
@@ -335,7 +335,11 @@ def connect(
         proto_holder.append(proto)
         return proto
 
-    connecting = endpoints.connectProtocol(endpoint, build())
+    # A quiet one-shot factory: the gateway connects to inner hosts all the
+    # time, and "Starting factory" twice per query is only noise in its log.
+    factory = protocol.Factory.forProtocol(build)
+    factory.noisy = False
+    connecting = endpoint.connect(factory)
 
     def cancel(_: Any) -> None:
         connecting.cancel()

@@ -226,6 +226,7 @@ class _Endpoint:
         self.proto: Any = None
 
     def connect(self, factory: Any) -> defer.Deferred[Any]:
+        self.factory = factory
         self.proto = factory.buildProtocol(None)
         self.proto.makeConnection(self.transport)
         return defer.succeed(self.proto)
@@ -240,6 +241,8 @@ class OneShotTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d).parts, seed.EXAMPLES[7].parts)
         self.assertTrue(endpoint.transport.value().endswith(wire.QUIT_LINE))
         self.assertEqual(clock.getDelayedCalls(), [], "the timeout is cancelled")
+        # A gateway connects all day: no "Starting factory" lines per query.
+        self.assertFalse(endpoint.factory.noisy)
 
     def test_timeout(self) -> None:
         # RFC 3887 section 2.5: the default wait is at least two minutes.
