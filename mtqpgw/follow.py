@@ -65,15 +65,20 @@ class Plan:
 
     ``ask``: referrals to hosts not yet known, in path order (ask the first
     next); ``beyond_limit``: referrals dropped because the hop limit is
-    reached; ``repeats``: referrals to hosts already on the path, asked or
-    reporting in some answer (a loop in the data, or a gateway that answered
-    for its inner hosts), never followed.  The referral that brought a hop
-    is none of these.
+    reached; ``repeats``: referrals to hosts already asked on the path (a
+    loop in the data); ``reported``: referrals to hosts not asked but whose
+    own part is already in an answer, each with the host of the hop whose
+    answer holds it (a gateway that answered for its inner hosts, perhaps
+    under a rewritten name: "on the path" would not be true of them).  None
+    of these is followed; the referral that brought a hop is none of them.
+    Every referral is listed (one per recipient): group by host to show
+    each name once.
     """
 
     ask: tuple[Referral, ...]
     beyond_limit: tuple[Referral, ...]
     repeats: tuple[Referral, ...]
+    reported: tuple[tuple[Referral, str], ...] = ()
 
 
 def hop_host(name: str) -> str:
@@ -94,15 +99,16 @@ def hop_host(name: str) -> str:
     return name
 
 
-def _known(path: Sequence[Hop]) -> set[str]:
-    known = {hop.host for hop in path}
+def _reporters(path: Sequence[Hop]) -> dict[str, str]:
+    """Each host reporting a part in some answer -> the first hop whose answer holds it."""
+    reported: dict[str, str] = {}
     for hop in path:
         if hop.answer is not None and hop.answer.ok:
             for part in hop.answer.parts:
                 reporter = mta_name(part.reporting_mta)
                 if reporter:
-                    known.add(hop_host(reporter))
-    return known
+                    reported.setdefault(hop_host(reporter), hop.host)
+    return reported
 
 
 def plan(path: Sequence[Hop], max_hops: int) -> Plan:
@@ -111,12 +117,14 @@ def plan(path: Sequence[Hop], max_hops: int) -> Plan:
     Referrals are collected from every answer on the path in order (part
     order, then recipient order), each host once.
     """
-    known = _known(path)
+    asked = {hop.host for hop in path}
+    reporters = _reporters(path)
     # The referrals that brought each hop: not repeats, however often the
     # same referrer names that host again (one per recipient, say).
     followed = {(hop.host, hop.referral.referrer) for hop in path if hop.referral is not None}
     fresh: list[Referral] = []
     repeats: list[Referral] = []
+    reported: list[tuple[Referral, str]] = []
     queued: set[str] = set()
     for hop in path:
         if hop.answer is None or not hop.answer.ok:
@@ -128,10 +136,12 @@ def plan(path: Sequence[Hop], max_hops: int) -> Plan:
                 referral = Referral(host, hop.host, recipient)
                 if (host, hop.host) in followed:
                     continue
-                if host in known:
+                if host in asked:
                     repeats.append(referral)
+                elif host in reporters:
+                    reported.append((referral, reporters[host]))
                 elif host not in queued:
                     queued.add(host)
                     fresh.append(referral)
     room = max(0, max_hops - len(path))
-    return Plan(tuple(fresh[:room]), tuple(fresh[room:]), tuple(repeats))
+    return Plan(tuple(fresh[:room]), tuple(fresh[room:]), tuple(repeats), tuple(reported))

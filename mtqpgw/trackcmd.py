@@ -506,17 +506,39 @@ def render_text(envid: str, path: Sequence[Hop], after: Plan | None = None) -> s
             for part in hop.answer.parts:
                 lines.extend(_part_lines(part))
     if after is not None:
-        for ref in after.repeats:
-            lines.append(
-                f"Not followed: {ref.host}, named by {ref.referrer} for {ref.recipient}: "
-                "already on the path"
-            )
-        for ref in after.beyond_limit:
-            lines.append(
-                f"Not followed: {ref.host}, named by {ref.referrer} for {ref.recipient}: "
-                "--max-hops reached"
-            )
+        lines.extend(_not_followed_lines(after))
     return "\n".join(lines) + "\n"
+
+
+def _not_followed(after: Plan) -> list[tuple[Referral, str, str]]:
+    """Every referral not followed: ``(referral, why for humans, why for JSON)``."""
+    return [
+        *((ref, "already on the path", "already on the path") for ref in after.repeats),
+        # Not "on the path": the host was never asked.  Its part came inside
+        # another server's answer (a gateway answering for inner hosts it
+        # may show under a rewritten name).
+        *(
+            (ref, f"already reported in {answered_by}'s answer", "already reported")
+            for ref, answered_by in after.reported
+        ),
+        *((ref, "--max-hops reached", "max-hops") for ref in after.beyond_limit),
+    ]
+
+
+def _not_followed_lines(after: Plan) -> list[str]:
+    """One line per host not followed, however many recipients named it."""
+    by_host: dict[str, list[tuple[Referral, str]]] = {}
+    for ref, why, _ in _not_followed(after):
+        by_host.setdefault(ref.host, []).append((ref, why))
+    lines = []
+    for host, refs in by_host.items():
+        ref, why = refs[0]
+        others = len({r.recipient for r, _ in refs} - {ref.recipient})
+        more = f" and {others} more" if others else ""
+        lines.append(
+            f"Not followed: {host}, named by {ref.referrer} for {ref.recipient}{more}: {why}"
+        )
+    return lines
 
 
 def _unreachable_json(hop: Hop) -> dict[str, Any]:
@@ -572,8 +594,7 @@ def render_json(path: Sequence[Hop], after: Plan | None = None) -> dict[str, Any
     data["path"] = [_hop_json(hop) for hop in path]
     data["not_followed"] = [
         {"host": ref.host, "referred_by": ref.referrer, "recipient": ref.recipient, "why": why}
-        for refs, why in ((after.repeats, "already on the path"), (after.beyond_limit, "max-hops"))
-        for ref in refs
+        for ref, _, why in _not_followed(after)
     ]
     return data
 

@@ -34,7 +34,7 @@ from mtqpgw.status import Action, Answer, RecipientStatus, TrackingStatus
 from mtqpgw.store import LocalTracker, SQLiteStore, StoredMessage
 from mtqpgw.tls import ServerTLS
 from mtqpgw.tofu import Observation, TofuCache
-from mtqpgw.trackcmd import run
+from mtqpgw.trackcmd import render_text, run
 from tests import certs
 from tests.dnsserver import MemoryZone, serve_dns
 from tests.seed import EXAMPLES
@@ -1135,6 +1135,73 @@ class FollowEndToEndTests(TrackTestCase):
         self.assertEqual(self.zone.asked("_mtqp._tcp.inner.test"), 0)
         self.assertIn("Not followed: inner.test, named by gw.test", out)
 
+    async def test_rewritten_inner_hosts_are_reported_not_on_the_path(self) -> None:
+        """A gateway shows its inner hosts as example.com: not followed, once, for a true reason."""
+        self.serve_named(
+            "gw.test",
+            Answer.found(
+                [
+                    part(
+                        "gw.test",
+                        rcpt("a", Action.TRANSFERRED, "2.0.0", "example.com"),
+                        rcpt("b", Action.TRANSFERRED, "2.0.0", "example.com"),
+                    ),
+                    part("example.com", rcpt("a", Action.DELIVERED, "2.0.0")),
+                    part("example.com", rcpt("b", Action.DELIVERED, "2.0.0")),
+                ]
+            ),
+        )
+        code, out, err = await self.track("--follow", uri("gw.test"))
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(self.zone.asked("_mtqp._tcp.example.com"), 0)
+        self.assertNotIn("already on the path", out)
+        self.assertEqual(
+            [line for line in out.splitlines() if line.startswith("Not followed")],
+            [
+                "Not followed: example.com, named by gw.test for rfc822; a@example1.com "
+                "and 1 more: already reported in gw.test's answer"
+            ],
+        )
+        code, out, err = await self.track("--follow", "--json", uri("gw.test"))
+        self.assertEqual(
+            [(n["host"], n["recipient"], n["why"]) for n in json.loads(out)["not_followed"]],
+            [
+                ("example.com", "rfc822; a@example1.com", "already reported"),
+                ("example.com", "rfc822; b@example1.com", "already reported"),
+            ],
+        )
+
+
+class RenderTests(SynchronousTestCase):
+    def test_each_host_not_followed_once(self) -> None:
+        """Many recipients sent back to an asked host: one line, counting the others."""
+        a = Hop(
+            "a.test",
+            ok(part("a.test", rcpt("u", Action.TRANSFERRED, "2.0.0", "b.test"))),
+            server="a.test:1038",
+        )
+        b = Hop(
+            "b.test",
+            ok(
+                part(
+                    "b.test",
+                    rcpt("u1", Action.TRANSFERRED, "2.0.0", "a.test"),
+                    rcpt("u2", Action.TRANSFERRED, "2.0.0", "a.test"),
+                    rcpt("u3", Action.TRANSFERRED, "2.0.0", "A.test."),
+                )
+            ),
+            server="b.test:1038",
+            referral=Referral("b.test", "a.test", "rfc822; u@example1.com"),
+        )
+        out = render_text(ENVID, [a, b], plan([a, b], 8))
+        self.assertEqual(
+            [line for line in out.splitlines() if line.startswith("Not followed")],
+            [
+                "Not followed: a.test, named by b.test for rfc822; u1@example1.com and 2 more: "
+                "already on the path"
+            ],
+        )
+
 
 # -- the planner, alone ---------------------------------------------------------------
 
@@ -1195,6 +1262,22 @@ class PlanTests(SynchronousTestCase):
         step = plan([a, b], 8)
         self.assertEqual(step.ask, ())
         self.assertEqual(step.repeats, (Referral("a.test", "b.test", "rfc822; u@example1.com"),))
+
+    def test_reported_hosts_are_not_repeats(self) -> None:
+        """A host never asked whose part is in an answer: ``reported``, with that answer's hop."""
+        gw = Hop(
+            "gw.test",
+            ok(
+                part("gw.test", rcpt("u", Action.TRANSFERRED, "2.0.0", "inner.test")),
+                part("inner.test", rcpt("u", Action.DELIVERED, "2.0.0")),
+            ),
+        )
+        step = plan([gw], 8)
+        self.assertEqual((step.ask, step.repeats, step.beyond_limit), ((), (), ()))
+        self.assertEqual(
+            step.reported,
+            ((Referral("inner.test", "gw.test", "rfc822; u@example1.com"), "gw.test"),),
+        )
 
     def test_failed_hops_refer_nobody(self) -> None:
         a = Hop("a.test", ok(part("a.test", rcpt("u", Action.TRANSFERRED, "2.0.0", "b.test"))))
