@@ -16,6 +16,16 @@ literal without its brackets and ``IPv6:`` tag, so ``"10.0.0.*"`` or
 ``"re:10\\..*"`` hides ``[10.0.0.5]``.  The first rule that matches a name
 decides what happens to it.
 
+Addresses have many spellings (review M1).  A rule that is a plain IP
+address (``"2001:db8::5"``, ``"[10.0.0.5]"``) compares by address, so it
+hides ``[IPv6:2001:DB8:0:0:0:0:0:5]`` and ``2001:0db8::0005`` alike; globs
+and regular expressions see an address both as written and in its canonical
+spelling (``str(ipaddress.ip_address(...))``).  An IPv6 address that
+carries an IPv4 one (mapped ``::ffff:``, 6to4 ``2002::/16``, NAT64
+``64:ff9b::/96``, IPv4-compatible ``::a.b.c.d``) is also matched as that
+IPv4 address, and a dotted quad with leading zeros is read as decimal.
+Networks (``10.0.0.0/8``) are not rules: write the glob ``10.*``.
+
 What is rewritten:
 
 - every MTA-name field (Reporting-MTA, Received-From-MTA, DSN-Gateway,
@@ -87,12 +97,18 @@ class RuleLike(Protocol):
     def addresses(self) -> bool: ...
 
 
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
 @dataclass(frozen=True)
 class _Rule:
     source: str
     pattern: re.Pattern[str]
     replace: str
     addresses: bool
+    # A rule written as a plain IP address compares by address, so that any
+    # spelling of it matches (review M1: "2001:0DB8:0:0::5" is 2001:db8::5).
+    address: _Address | None = None
 
 
 _MAX_NAME = 255
@@ -116,6 +132,22 @@ _ADDRESS_DOMAIN = re.compile(r"@(\[[^\[\]\s]*\]|[^@\s<>\[\]]+)>?\s*\Z")
 _MEMO_SIZE = 4096
 
 
+# What, besides the rules' own runs, the fast path must look at when a rule
+# may match an address written in another spelling: any token with a colon
+# (IPv6 in any spelling, IPv4 mapped into or embedded in IPv6, hex forms)
+# and any dotted quad (leading zeros).
+_ADDRESS_NEEDLES = (":", r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
+# Glob characters of a rule that may match an address: hex digits, "." and
+# ":" and the wildcards ("10.0.0.*", "2001:db8::*", "*").
+_ADDRESS_GLOB = frozenset("0123456789abcdef.:*?")
+
+
+def _may_match_address(rule: _Rule) -> bool:
+    if rule.address is not None:
+        return True
+    return set(match_subject(rule.source).lower()) <= _ADDRESS_GLOB
+
+
 def _needles(rules: Iterable[_Rule]) -> re.Pattern[str] | None:
     """A pattern that finds, in any text, every token that a rule could match; None if none can.
 
@@ -128,6 +160,7 @@ def _needles(rules: Iterable[_Rule]) -> re.Pattern[str] | None:
     every token is looked at.
     """
     runs = set()
+    extra: set[str] = set()
     for rule in rules:
         if rule.source[:3].lower() == "re:":
             return None
@@ -135,12 +168,17 @@ def _needles(rules: Iterable[_Rule]) -> re.Pattern[str] | None:
         if not run:
             return None
         runs.add(run)
+        if _may_match_address(rule):
+            # The rule's run is one spelling of an address; other spellings
+            # hold other text, so every token that may be an address is seen.
+            extra.update(_ADDRESS_NEEDLES)
     if not runs:
         return None
     # ASCII case folding only: a token is ASCII, and Unicode folding would
     # find a run in a Kelvin sign, outside any token.
     ordered = sorted(runs, key=len, reverse=True)
-    return re.compile("|".join(map(re.escape, ordered)), re.IGNORECASE | re.ASCII)
+    alternatives = [*map(re.escape, ordered), *sorted(extra)]
+    return re.compile("|".join(alternatives), re.IGNORECASE | re.ASCII)
 
 
 def _is_ip(text: str) -> bool:
@@ -153,6 +191,42 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _parse_address(subject: str) -> _Address | None:
+    """The address ``subject`` (a rule's subject form) writes, in any spelling; None if none.
+
+    IPv6 in any case, with or without leading zeros or "::"; IPv4 dotted
+    quads, leading zeros read as decimal ("10.0.0.005" is 10.0.0.5), as
+    MTAs that pad them mean.
+    """
+    if _IPV4.fullmatch(subject):
+        octets = [int(octet) for octet in subject.split(".")]
+        if all(octet <= 255 for octet in octets):
+            return ipaddress.IPv4Address(bytes(octets))
+        return None
+    if ":" not in subject:
+        return None
+    try:
+        return ipaddress.IPv6Address(subject)
+    except ValueError:
+        return None
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries: mapped, 6to4, NAT64 or IPv4-compatible."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    value = int(address)
+    if address in _NAT64 or (value >> 32 == 0 and value >= 1 << 24):
+        # ::10.0.0.5 (deprecated IPv4-compatible); not ::1 and its kin.
+        return ipaddress.IPv4Address(value & 0xFFFFFFFF)
+    return None
 
 
 def _without_ipv6_tag(text: str) -> str:
@@ -184,7 +258,13 @@ def _compile(rule: RuleLike) -> _Rule:
         pattern = compile_match(match)
     except ValueError as exc:
         raise ValueError(f"rewrite rule {match!r}: {exc}") from None
-    return _Rule(match, pattern, replacement, bool(getattr(rule, "addresses", False)))
+    address = None
+    if match[:3].lower() != "re:":
+        address = _parse_address(match_subject(match))
+        if isinstance(address, ipaddress.IPv6Address):
+            # A rule written for ::ffff:10.0.0.5 hides 10.0.0.5 in any form.
+            address = _embedded_ipv4(address) or address
+    return _Rule(match, pattern, replacement, bool(getattr(rule, "addresses", False)), address)
 
 
 class Rewriter:
@@ -245,14 +325,24 @@ class Rewriter:
         # what a glob with several "*" or an admin's regex costs per token.
         if not subject or len(subject) > _MAX_NAME:
             return None
+        address = _parse_address(subject)
+        # An address is matched as written and in its canonical spelling
+        # (review M1): "2001:0DB8:0::5" as "2001:db8::5", for globs too.
+        canonical = str(address) if address is not None else subject
         for rule in self._rules:
-            if rule.pattern.fullmatch(subject):
+            if rule.address is not None:
+                if address is not None and address == rule.address:
+                    return rule
+            elif rule.pattern.fullmatch(subject) or (
+                canonical != subject and rule.pattern.fullmatch(canonical)
+            ):
                 return rule
-        # ::ffff:10.0.0.5 is 10.0.0.5: a rule written for the one hides the other.
-        if ":" in subject and _is_ip(subject):
-            mapped = ipaddress.IPv6Address(subject).ipv4_mapped
-            if mapped is not None:
-                return self._rule_for(str(mapped))
+        # ::ffff:10.0.0.5 is 10.0.0.5 (and so are its 6to4, NAT64 and
+        # IPv4-compatible forms): a rule written for the one hides the other.
+        if isinstance(address, ipaddress.IPv6Address):
+            embedded = _embedded_ipv4(address)
+            if embedded is not None:
+                return self._rule_for(str(embedded))
         return None
 
     def _extensions(self, fields: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
@@ -301,9 +391,10 @@ class Rewriter:
         if not text:
             return text
         needles = self._needles
-        # An IPv4-mapped IPv6 address in hex ("::ffff:a00:5") is matched as
-        # the IPv4 one, whose text is nowhere in it: look at every token.
-        if needles is None or (":" in text and "ffff" in text.lower()):
+        # An address in another spelling ("::ffff:a00:5" for 10.0.0.5) holds
+        # none of its rule's text: _needles then finds every token with a
+        # colon or a dotted quad as well.
+        if needles is None:
             return self._every_token(text)
         pieces: list[str] = []
         done = 0  # text[:done] is in pieces

@@ -131,6 +131,61 @@ class RuleTests(SynchronousTestCase):
             Rewriter([Rule("[10.0.0.*]", "example.com")]).host("10.0.0.1"), "example.com"
         )
 
+    def test_ip_rules_match_every_spelling(self) -> None:
+        """Review M1: a rule written as an address hides it however an MTA spells it."""
+        for match in ("2001:db8::5", "[IPv6:2001:DB8:0:0::5]", "2001:0db8::0005"):
+            rw = Rewriter([Rule(match, "example.com")])
+            for name in (
+                "2001:db8::5",
+                "[IPv6:2001:DB8:0:0:0:0:0:5]",
+                "2001:0db8::0005",
+                "2001:db8:0:0::5",
+                "IPv6:2001:Db8::5",
+            ):
+                self.assertEqual(rw.host(name), "example.com", (match, name))
+            self.assertEqual(rw.host("2001:db8::6"), "2001:db8::6")
+        v4 = Rewriter([Rule("10.0.0.5", "example.com")])
+        for name in (
+            "10.0.0.5",
+            "[10.0.0.005]",
+            "::ffff:10.0.0.5",
+            "[IPv6:::FFFF:a00:5]",
+            "::10.0.0.5",
+            "64:ff9b::a00:5",
+            "2002:a00:5::1",
+        ):
+            self.assertEqual(v4.host(name), "example.com", name)
+        for name in ("10.0.0.50", "::1", "::", "10.0.0.256"):
+            self.assertEqual(v4.host(name), name)
+        # A glob sees an address in its canonical spelling too.
+        glob = Rewriter([Rule("2001:db8::*", "example.com")])
+        self.assertEqual(glob.host("2001:0DB8:0:0:0:0:0:9"), "example.com")
+        # ... and a mapped-IPv6 rule hides the IPv4 address.
+        mapped = Rewriter([Rule("::ffff:10.0.0.5", "example.com")])
+        self.assertEqual(mapped.host("10.0.0.5"), "example.com")
+
+    def test_ip_rules_in_every_field(self) -> None:
+        """Review M1 (/tmp/rv/rw.py): the fast path finds every spelling in free text."""
+        rw = Rewriter(
+            [Rule("*.corp.example.com", "example.com"), Rule("2001:db8::5", "x.example")]
+        )
+        for text, expected in (
+            ("from [IPv6:2001:DB8:0:0:0:0:0:5]", "from [x.example]"),
+            ("from 2001:0db8::0005 refused", "from x.example refused"),
+            ("from 2001:db8:0::5: refused", "from x.example: refused"),
+            ("to 2001:db8::6 ok", "to 2001:db8::6 ok"),
+        ):
+            self.assertEqual(rw._text(text), expected, text)
+        block = recipient(remote_mta="dns; [IPv6:2001:db8:0:0::5]")
+        self.assertEqual(rw.part(part(block)).recipients[0].remote_mta, "dns; x.example")
+        ts = part(recipient(), reporting_mta="dns; 2001:DB8::5")
+        self.assertEqual(rw.part(ts).reporting_mta, "dns; x.example")
+        v4 = Rewriter([Rule("mx.corp.example.com", "a.example"), Rule("10.0.0.5", "b.example")])
+        self.assertEqual(
+            v4._text("from ::ffff:a00:5 and 10.0.0.005 and ::10.0.0.5"),
+            "from b.example and b.example and b.example",
+        )
+
     def test_long_runs_are_not_names(self) -> None:
         rw = Rewriter([Rule("*.*.*.corp.example.com", "example.com")])
         long_name = "a." * 120 + "corp.example.com"
@@ -623,6 +678,8 @@ _GLOB_RULES = [
     Rewriter([Rule("*.corp.example.com", "example.com"), Rule("10.*", "example.com")]),
     Rewriter([Rule("mx?.corp.example.com", "a.example"), Rule("[10.0.0.*]", "b.example")]),
     Rewriter([Rule("smtp*.example3.*", "example2.com"), Rule("fd00::*", "v6.example")]),
+    Rewriter([Rule("*.corp.example.com", "a.example"), Rule("fd00::5", "b.example")]),
+    Rewriter([Rule("mx1.corp.example.com", "a.example"), Rule("10.0.0.5", "b.example")]),
 ]
 _PIECES = st.sampled_from(
     [
@@ -632,6 +689,9 @@ _PIECES = st.sampled_from(
         "10.0.0.5",
         "10.9",
         "fd00::5",
+        "FD00:0:0::0005",
+        "10.0.0.005",
+        "64:ff9b::a00:5",
         "::ffff:a00:5",
         "::FFFF:10.0.0.7",
         "[IPv6:fd00::6]",
