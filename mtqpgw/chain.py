@@ -111,8 +111,9 @@ _RECIPIENT_FIELDS = (
     ("last_attempt_date", "Last-Attempt-Date"),
     ("will_retry_until", "Will-Retry-Until"),
 )
-# A part's own lines in the report: its delimiter, Content-Type, blank line.
-_PART_LINES, _PART_OCTETS = 3, 80
+# A part's own lines in the report (report.build_report): its delimiter,
+# Content-Type, the blank line after them and the blank line after the body.
+_PART_LINES, _PART_OCTETS = 4, 80
 
 _LATE = Answer.temp(
     ("unavailable",), "Tracking information not available in time; try again later"

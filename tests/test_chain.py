@@ -840,8 +840,19 @@ class AnswerSizeTests(ChainTestCase):
             lines = serialise_tracking_status(ts)
             octets = sum(len(line) + 2 for line in lines)
             estimate = part_size(ts)
-            self.assertLessEqual(abs(estimate[0] - (len(lines) + 3)), 2)
+            self.assertLessEqual(abs(estimate[0] - (len(lines) + 4)), 2)
             self.assertLessEqual(abs(estimate[1] - (octets + 80)), octets // 50 + 10)
+
+    def test_part_size_lines_are_build_reports(self) -> None:
+        """Review: each part in build_report costs its body, two lines of head and two blanks."""
+        from mtqpgw.report import build_report
+
+        small = part("a.corp", delivered("a@example1.com"))
+        for parts in ([small], [small] * 10, [small] * 1_000, [self.local, small, self.local]):
+            # The report's own lines: its Content-Type, a blank, the close.
+            self.assertEqual(
+                sum(part_size(p)[0] for p in parts) + 3, len(build_report(parts)), len(parts)
+            )
 
     def test_default_cap_is_a_mebibyte(self) -> None:
         tracker = self.gateway("a.corp", "b.corp", "c.corp")
