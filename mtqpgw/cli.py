@@ -24,7 +24,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mtqpgw import __version__
+
     parser = _Parser(prog="mtqp", description="Message Tracking Query Protocol client and tools.")
+    parser.add_argument("--version", action="version", version=f"mtqp (mtqpgw) {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -90,6 +93,10 @@ def _certifier(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     else:
         octets = args.secret.encode("utf-8")
+    if not octets:
+        # SHA1 of nothing is a certifier anyone can match: no message should carry it.
+        print("mtqp: SECRET must not be empty", file=sys.stderr)
+        return EXIT_USAGE
     print(certifier_for(octets))
     return EXIT_OK
 

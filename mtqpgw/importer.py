@@ -491,6 +491,13 @@ class _Import:
                 self.bad += 1
                 print(f"{name}:{number}: {e}", file=self.stderr)
                 continue
+            if record.expires <= now:
+                # Stored as asked (a later import may extend it), but a
+                # record past its expiry is never reported: say so.
+                print(
+                    f"{name}:{number}: warning: already expired; it will never be reported",
+                    file=self.stderr,
+                )
             self.pending.append(record)
             if len(self.pending) >= BATCH_SIZE:
                 self.flush()
@@ -526,6 +533,10 @@ class _ReadError(Exception):
     pass
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``mtqp import``: 0 when every line was stored, 1 with bad lines, 2 on failure."""
     stdout, stderr = sys.stdout, sys.stderr
@@ -557,7 +568,10 @@ def main(args: argparse.Namespace) -> int:
         _close_all(opened)
     if failure is not None:
         print(f"mtqp import: {failure}", file=stderr)
-    print(f"imported {run.imported} records, {run.bad} bad lines", file=stdout)
+    print(
+        f"imported {_count(run.imported, 'record')} into {path}, {_count(run.bad, 'bad line')}",
+        file=stdout,
+    )
     if failure is not None:
         return EXIT_FAILURE
     return EXIT_BAD_LINES if run.bad else EXIT_OK

@@ -31,6 +31,14 @@ class Options(usage.Options):
     )
     optParameters = [["config", "c", None, "The TOML configuration file."]]
 
+    def opt_version(self) -> None:
+        """Display mtqpgw's version (and Twisted's) and exit."""
+        from mtqpgw import __version__
+        from twisted import __version__ as twisted_version
+
+        print(f"mtqpgw {__version__} (Twisted {twisted_version})")
+        raise SystemExit(0)
+
     def postOptions(self) -> None:
         try:
             if self["config"]:

@@ -37,6 +37,17 @@ class CertifierTests(SynchronousTestCase):
         expected = base64.b64encode(hashlib.sha1(b"abcdefgh\n").digest()).decode()
         self.assertEqual((status, out.strip()), (0, expected))
 
+    def test_empty_secret_refused(self) -> None:
+        status, out, err = run("certifier", "")
+        self.assertEqual((status, out), (2, ""))
+        self.assertIn("empty", err)
+
+    def test_version(self) -> None:
+        from mtqpgw import __version__
+
+        status, out, _ = run("--version")
+        self.assertEqual((status, out.strip()), (0, f"mtqp (mtqpgw) {__version__}"))
+
     def test_bad_base64(self) -> None:
         status, out, err = run("certifier", "--base64", "not*base64")
         self.assertEqual(status, 2)

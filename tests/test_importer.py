@@ -382,17 +382,31 @@ class MainTests(SynchronousTestCase):
         self.assertTrue(errors[0].startswith(f"{path}:2: not valid JSON"), errors[0])
         self.assertTrue(errors[1].startswith(f"{path}:4: recipients"), errors[1])
         self.assertTrue(errors[2].startswith(f"{path}:7: arrival_date"), errors[2])
-        self.assertEqual(self.stdout.getvalue(), "imported 2 records, 3 bad lines\n")
+        self.assertEqual(
+            self.stdout.getvalue(), f"imported 2 records into {self.db}, 3 bad lines\n"
+        )
         self.assertIsNotNone(self.stored("one@example.com"))
         self.assertIsNotNone(self.stored("three@example.com"))
         self.assertIsNone(self.stored("two@example.com"))
         self.assertEqual(self.count(), 2)
 
+    def test_already_expired_warned_and_kept(self) -> None:
+        # Stored (a later import may extend it) but never reported: say so.
+        path = self.write("in.jsonl", line(envid="old", expires="2020-01-01T00:00:00Z"))
+        self.assertEqual(self.run_import(path), 0)
+        self.assertEqual(
+            self.stderr.getvalue(),
+            f"{path}:1: warning: already expired; it will never be reported\n",
+        )
+        self.assertEqual(self.count(), 1)
+
     def test_all_good(self) -> None:
         path = self.write("in.jsonl", line(envid="a"), line(envid="b"))
         self.assertEqual(self.run_import(path), 0)
         self.assertEqual(self.stderr.getvalue(), "")
-        self.assertEqual(self.stdout.getvalue(), "imported 2 records, 0 bad lines\n")
+        self.assertEqual(
+            self.stdout.getvalue(), f"imported 2 records into {self.db}, 0 bad lines\n"
+        )
 
     def test_several_files_and_update(self) -> None:
         first = self.write("1.jsonl", line())
@@ -481,7 +495,9 @@ class MainTests(SynchronousTestCase):
         errors = self.stderr.getvalue().splitlines()
         self.assertEqual(len(errors), 1)
         self.assertIn(self.db, errors[0])
-        self.assertEqual(self.stdout.getvalue(), "imported 5 records, 0 bad lines\n")
+        self.assertEqual(
+            self.stdout.getvalue(), f"imported 5 records into {self.db}, 0 bad lines\n"
+        )
 
     def test_unreadable_file(self) -> None:
         good = self.write("good.jsonl", line())
@@ -541,5 +557,5 @@ class MainTests(SynchronousTestCase):
     def test_through_cli(self) -> None:
         path = self.write("in.jsonl", line(), "[]")
         self.assertEqual(cli.main(["import", "--store", self.db, path]), 1)
-        self.assertEqual(self.stdout.getvalue(), "imported 1 records, 1 bad lines\n")
+        self.assertEqual(self.stdout.getvalue(), f"imported 1 record into {self.db}, 1 bad line\n")
         self.assertEqual(self.stderr.getvalue(), f"{path}:2: not a JSON object\n")

@@ -306,5 +306,7 @@ class KilledImportTests(TestCase):
             timeout=60,
         )
         self.assertEqual(rerun.returncode, 1, rerun.stderr)
-        self.assertEqual(rerun.stdout, f"imported {self.RECORDS} records, 1 bad lines\n")
+        self.assertEqual(
+            rerun.stdout, f"imported {self.RECORDS} records into {self.db}, 1 bad line\n"
+        )
         self.assertEqual(self.stored(), self.RECORDS)
