@@ -28,7 +28,7 @@ from mtqpgw.config import ServerConfig
 from mtqpgw.interfaces import IServerTLS, ITracker
 from mtqpgw.report import response_for_answer
 from mtqpgw.status import Action, Answer, Outcome
-from mtqpgw.throttle import FailureThrottle, client_key
+from mtqpgw.throttle import FailureThrottle
 
 __all__ = ["MTQPServer", "MTQPServerFactory", "ServerLimits", "is_failed_lookup"]
 
@@ -144,6 +144,8 @@ class MTQPServer(LineReceiver, TimeoutMixin):
         _no_delay(self.transport)
         peer = self.transport.getPeer()
         self.peer_host = getattr(peer, "host", "?")
+        # Parsed once: the throttle is consulted several times per TRACK.
+        self.throttle_client = self.factory.throttle.client(self.peer_host)
         refusal = self.factory.admit(self)
         if refusal is not None:
             self._close_with(refusal)
@@ -437,7 +439,7 @@ class MTQPServer(LineReceiver, TimeoutMixin):
             )
             return
         now = factory.clock.seconds()
-        if factory.throttle.blocked(self.peer_host, now):
+        if factory.throttle.blocked(self.throttle_client, now):
             # One log line when an address crosses the limit (below), not one
             # per refused guess: refusals must not flood the log.
             log.debug("TRACK from {peer} refused: too many failed TRACKs", peer=self.peer_host)
@@ -459,7 +461,7 @@ class MTQPServer(LineReceiver, TimeoutMixin):
                 )
             )
             return
-        factory.throttle.started(self.peer_host)
+        factory.throttle.started(self.throttle_client)
         started = time.monotonic()
         try:
             d = defer.maybeDeferred(
@@ -495,9 +497,9 @@ class MTQPServer(LineReceiver, TimeoutMixin):
 
     def _throttle_finished(self, failed: bool) -> None:
         throttle, now = self.factory.throttle, self.factory.clock.seconds()
-        before = throttle.failures(self.peer_host, now)
-        throttle.finished(self.peer_host, now, failed)
-        if throttle.failures(self.peer_host, now) >= throttle.limit > before:
+        before = throttle.failures(self.throttle_client, now)
+        throttle.finished(self.throttle_client, now, failed)
+        if throttle.failures(self.throttle_client, now) >= throttle.limit > before:
             # One line when an address crosses the limit, not one per guess.
             log.warn(
                 "Throttling TRACKs from {peer}: {n} failed within {window:g}s",
@@ -556,7 +558,7 @@ class MTQPServerFactory(ServerFactory):
                 ("MTQP", "unavailable"),
                 "Too many connections, try again later",
             )
-        key = client_key(host)
+        key = proto.throttle_client.key  # IPv6 per /64, like the throttle
         if self.per_address.get(key, 0) >= limits.max_connections_per_address:
             self._note_refusal(host, "too many connections from that address")
             return _response(
@@ -586,7 +588,7 @@ class MTQPServerFactory(ServerFactory):
 
     def release(self, proto: MTQPServer) -> None:
         self.connections -= 1
-        key = client_key(proto.peer_host)
+        key = proto.throttle_client.key
         left = self.per_address.get(key, 1) - 1
         if left > 0:
             self.per_address[key] = left

@@ -12,8 +12,9 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict, deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 
-__all__ = ["FailureThrottle", "client_key", "parse_networks"]
+__all__ = ["Client", "FailureThrottle", "client_key", "parse_networks"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -36,6 +37,18 @@ def client_key(address: str) -> str:
     return str(ip)
 
 
+@dataclass(frozen=True)
+class Client:
+    """A client as the throttle counts it: its key (address, or /64) and exemption.
+
+    The server makes one per connection (L{FailureThrottle.client}), so the
+    address is parsed once, not at every call for every TRACK.
+    """
+
+    key: str
+    exempt: bool
+
+
 class FailureThrottle:
     """Counts failed TRACKs per client; blocks a client past ``limit`` per ``window`` seconds."""
 
@@ -53,6 +66,12 @@ class FailureThrottle:
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
         # TRACKs in flight per client: bounded by the connections open.
         self._running: dict[str, int] = {}
+
+    def client(self, address: str | Client) -> Client:
+        """The L{Client} for ``address`` (a L{Client} is returned as it is)."""
+        if isinstance(address, Client):
+            return address
+        return Client(client_key(address), self.is_exempt(address))
 
     def is_exempt(self, address: str) -> bool:
         try:
@@ -74,7 +93,7 @@ class FailureThrottle:
             return None
         return stamps
 
-    def blocked(self, address: str, now: float) -> bool:
+    def blocked(self, address: str | Client, now: float) -> bool:
         """Whether TRACKs from ``address`` are refused at ``now``.
 
         Refused once ``limit`` TRACKs failed in the window; and, once one has
@@ -83,49 +102,51 @@ class FailureThrottle:
         count before their answers arrive.  A client with no failure is never
         refused for TRACKs in flight: a slow chained answer is not a guess.
         """
-        if self.is_exempt(address):
+        client = self.client(address)
+        if client.exempt:
             return False
-        key = client_key(address)
-        stamps = self._recent(key, now)
-        failed = 0 if stamps is None else len(stamps)
+        failed = self._count(client.key, now)
         if failed >= self.limit:
             return True
-        return failed > 0 and failed + self._running.get(key, 0) >= self.limit
+        return failed > 0 and failed + self._running.get(client.key, 0) >= self.limit
 
-    def failures(self, address: str, now: float) -> int:
+    def failures(self, address: str | Client, now: float) -> int:
         """Failed TRACKs from ``address`` in the window ending at ``now``."""
-        stamps = self._recent(client_key(address), now)
+        return self._count(self.client(address).key, now)
+
+    def _count(self, key: str, now: float) -> int:
+        stamps = self._recent(key, now)
         return 0 if stamps is None else len(stamps)
 
-    def started(self, address: str) -> None:
+    def started(self, address: str | Client) -> None:
         """A TRACK from ``address`` is in flight; L{finished} must follow."""
-        if not self.is_exempt(address):
-            key = client_key(address)
-            self._running[key] = self._running.get(key, 0) + 1
+        client = self.client(address)
+        if not client.exempt:
+            self._running[client.key] = self._running.get(client.key, 0) + 1
 
-    def finished(self, address: str, now: float, failed: bool) -> None:
+    def finished(self, address: str | Client, now: float, failed: bool) -> None:
         """The TRACK L{started} for ``address`` ended; ``failed``: it found nothing."""
-        if self.is_exempt(address):
+        client = self.client(address)
+        if client.exempt:
             return
-        key = client_key(address)
-        left = self._running.get(key, 1) - 1
+        left = self._running.get(client.key, 1) - 1
         if left > 0:
-            self._running[key] = left
+            self._running[client.key] = left
         else:
-            self._running.pop(key, None)
+            self._running.pop(client.key, None)
         if failed:
-            self.record_failure(address, now)
+            self.record_failure(client, now)
 
-    def record_failure(self, address: str, now: float) -> None:
+    def record_failure(self, address: str | Client, now: float) -> None:
         """Count one failed TRACK (unknown envelope id or wrong secret)."""
-        if self.is_exempt(address):
+        client = self.client(address)
+        if client.exempt:
             return
-        key = client_key(address)
-        stamps = self._recent(key, now)
+        stamps = self._recent(client.key, now)
         if stamps is None:
-            stamps = self._failures[key] = deque(maxlen=self.limit)
+            stamps = self._failures[client.key] = deque(maxlen=self.limit)
         stamps.append(now)
-        self._failures.move_to_end(key)
+        self._failures.move_to_end(client.key)
         while len(self._failures) > self.max_addresses:
             self._failures.popitem(last=False)
 
