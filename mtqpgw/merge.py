@@ -54,7 +54,12 @@ runs.  Then:
     (``screen``), so the combined part, which carries it, is the gateway's.
 
 Recipients are joined across hops by ``RecipientStatus.join_key`` (the
-Original-Recipient address, else the Final-Recipient address).  A block with
+Original-Recipient address, else the Final-Recipient address), without angle
+brackets and compared case-insensitively (``_join_form``; a display
+decision, the blocks are kept as written).  In combined mode with a local
+record, a host adds recipients the gateway did not know only when it (or a
+host before it) was handed at least one: one handed nothing would invent
+them under the gateway's Reporting-MTA.  A block with
 no Original-Recipient that matches no key joins the one earlier recipient
 whose Final-Recipient is its address: that is how a hop that was not given
 ORCPT reports the address the previous hop handed it.  Several blocks with one
@@ -270,7 +275,9 @@ def merge_combined(
         return ()
     if local is not None and not inner_parts:
         return (local,)
-    roster = _Roster(join_by_final=True, carry_original=True, routed=True)
+    roster = _Roster(
+        join_by_final=True, carry_original=True, routed=True, closed=local is not None
+    )
     if local is not None:
         roster.add(local.recipients, source=0, host=None)
     for index, answer in enumerate(inner, start=1):
@@ -519,10 +526,18 @@ class _Roster:
     block replaces.
     """
 
-    def __init__(self, *, join_by_final: bool, carry_original: bool, routed: bool) -> None:
+    def __init__(
+        self, *, join_by_final: bool, carry_original: bool, routed: bool, closed: bool = False
+    ) -> None:
         self._join_by_final = join_by_final
         self._carry_original = carry_original
         self._routed = routed
+        # closed (combined mode with a local record): the gateway knows the
+        # message's recipients, so only a host it (or a host after it)
+        # handed at least one recipient to may add recipients of its own; a
+        # host handed nothing could only invent them.
+        self._closed = closed
+        self._handed: set[str] = set()
         self._slots: list[_Slot] = []
         self._by_key: dict[str, int] = {}
         # Final-Recipient address -> slots whose accepted blocks handed that
@@ -540,9 +555,12 @@ class _Roster:
         # Ordered sets: a part with many blocks of one key (a big list
         # expanded) must not cost the square of them.
         groups: dict[int, dict[RecipientStatus, None]] = {}
+        may_open = not self._closed or source == 0 or host in self._handed
         for block in blocks:
             index = self._find(block)
             if index is None:
+                if not may_open:
+                    continue
                 index = self._new_slot(block)
             groups.setdefault(index, {})[block] = None
         accepted = [
@@ -552,7 +570,7 @@ class _Roster:
         ]
         for index in accepted:
             for block in self._slots[index].blocks:
-                final = address_of(block.final_recipient)
+                final = _join_form(address_of(block.final_recipient))
                 if final:
                     self._by_final.setdefault(final, set()).add(index)
 
@@ -560,7 +578,7 @@ class _Roster:
         return tuple(block for slot in self._slots for block in slot.blocks)
 
     def _find(self, block: RecipientStatus) -> int | None:
-        key = block.join_key
+        key = _join_form(block.join_key)
         if key is None:
             return self._unjoinable.get(block)
         index = self._by_key.get(key)
@@ -577,7 +595,7 @@ class _Roster:
 
     def _new_slot(self, block: RecipientStatus) -> int:
         index = len(self._slots)
-        key = block.join_key
+        key = _join_form(block.join_key)
         self._slots.append(_Slot(key))
         if key is None:
             self._unjoinable[block] = index
@@ -600,7 +618,9 @@ class _Roster:
                 group = self._with_original(group, slot.blocks)
         slot.blocks = group
         slot.source = source
-        slot.handed_to.update(_handed_to(group))
+        handed = _handed_to(group)
+        slot.handed_to.update(handed)
+        self._handed.update(handed)
         return True
 
     @staticmethod
@@ -616,6 +636,23 @@ class _Roster:
             block if block.original_recipient else block.evolve(original_recipient=original)
             for block in group
         )
+
+
+def _join_form(address: str | None) -> str | None:
+    """The form in which two recipient addresses are joined: no angle brackets, one case.
+
+    ``address_of`` keeps ``<u@x>`` as written and the local part's case,
+    so ``<u2@x.com>`` and ``U2@x.com`` opened recipients of their own beside
+    ``u2@x.com``.  RFC 5321 makes local parts case-sensitive, but virtually
+    no MTA treats them so, and joining is a display decision: the blocks
+    themselves are kept as written.
+    """
+    if address is None:
+        return None
+    text = address.strip()
+    if len(text) >= 2 and text[0] == "<" and text[-1] == ">":
+        text = text[1:-1].strip()
+    return text.lower() or None
 
 
 def _handed_to(blocks: Iterable[RecipientStatus]) -> set[str]:

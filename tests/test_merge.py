@@ -217,7 +217,13 @@ class CombinedTests(SynchronousTestCase):
     def test_handed_on_address_shared_by_two_is_not_guessed(self) -> None:
         local = part(
             "example2.com",
-            block("box@corp.example1.com", "relayed", "2.1.9", original="a@example1.com"),
+            block(
+                "box@corp.example1.com",
+                "relayed",
+                "2.1.9",
+                original="a@example1.com",
+                remote_mta="dns; in.example",
+            ),
             block("box@corp.example1.com", "relayed", "2.1.9", original="b@example1.com"),
         )
         inner = part("in.example", block("box@corp.example1.com"))
@@ -227,7 +233,9 @@ class CombinedTests(SynchronousTestCase):
     def test_other_original_at_same_final_stays_apart(self) -> None:
         local = part(
             "example2.com",
-            block("box@example1.com", "relayed", "2.1.9", original="a@example1.com"),
+            relayed("a@example1.com", "in.example").evolve(
+                final_recipient="rfc822; box@example1.com"
+            ),
         )
         inner = part("in.example", block("box@example1.com", original="z@example1.com"))
         (combined,) = merge_combined(local, each(inner))
@@ -298,11 +306,11 @@ class CombinedTests(SynchronousTestCase):
 
     def test_unjoinable_blocks_kept_once(self) -> None:
         nameless = RecipientStatus(final_recipient="", action=Action.FAILED, status="5.0.0")
-        local = part("example2.com", relayed("u@example1.com"))
+        local = part("example2.com", relayed("u@example1.com", "in.example"))
         inner = part("in.example", nameless, nameless)
         deeper = part("deep.example", nameless)
         (combined,) = merge_combined(local, each(inner, deeper))
-        self.assertEqual(combined.recipients, (relayed("u@example1.com"), nameless))
+        self.assertEqual(combined.recipients, (relayed("u@example1.com", "in.example"), nameless))
 
 
 class HopsTests(SynchronousTestCase):
@@ -639,6 +647,50 @@ class HostileInnerHostTests(SynchronousTestCase):
         )
         self.assertEqual(combined.recipients, self.FORGED.recipients)
 
+    def test_combined_look_alike_recipients_join(self) -> None:
+        """Review: <u@x> and U@x are u@x for joining, so they cannot open slots of their own."""
+        local = part(
+            "gw.example.com",
+            relayed("u1@x.com", "a.corp"),
+            relayed("u2@x.com", "b.corp"),
+        )
+        a_says = part(
+            "a.corp",
+            block("u1@x.com", original="u1@x.com"),
+            block("<u2@x.com>", "failed", "5.1.1", original="<u2@x.com>"),
+            block("U2@x.com", "failed", "5.1.1", original="U2@X.com"),
+        )
+        b_says = part("b.corp", block("u2@x.com", original="u2@x.com"))
+        for order in ([a_says, b_says], [b_says, a_says]):
+            answers = [asked(p.reporting_mta[5:], p) for p in order]
+            (combined,) = merge_combined(local, answers)
+            self.assertEqual(combined.recipients, (a_says.recipients[0], b_says.recipients[0]))
+        # The blocks keep their own spelling; a deeper hop writing <U1@x.com>
+        # for a recipient routed to it still replaces its block.
+        deeper = part("a.corp", block("<U1@x.com>", original="<U1@X.COM>"))
+        (combined,) = merge_combined(local, [asked("a.corp", deeper)])
+        self.assertEqual(combined.recipients[0], deeper.recipients[0])
+        self.assertEqual(len(combined.recipients), 2)
+
+    def test_combined_host_handed_nothing_adds_no_recipient(self) -> None:
+        """Review: with a local record, only a host handed a recipient may add new ones."""
+        local = part("gw.example.com", relayed("u1@x.com", "a.corp"))
+        invented = part("c.corp", block("new@x.com", original="new@x.com"))
+        expanded = part(
+            "a.corp",
+            block("u1@x.com", original="u1@x.com"),
+            block("list-member@x.com", original="list-member@x.com"),
+        )
+        (combined,) = merge_combined(local, [asked("a.corp", expanded), asked("c.corp", invented)])
+        self.assertEqual(combined.recipients, expanded.recipients)
+        # A host handed one by a host before it may (an inner route).
+        onward = part("a.corp", relayed("u1@x.com", "c.corp"))
+        (combined,) = merge_combined(local, [asked("a.corp", onward), asked("c.corp", invented)])
+        self.assertEqual(combined.recipients, (onward.recipients[0], invented.recipients[0]))
+        # No local record (fan-out): anyone may.
+        (combined,) = merge_combined(None, [asked("c.corp", invented)])
+        self.assertEqual(combined.recipients, invented.recipients)
+
     def test_host_answer_normalises(self) -> None:
         answer = HostAnswer("[10.0.0.5]", iter([self.INNER]))
         self.assertEqual((answer.host, answer.parts), ("10.0.0.5", (self.INNER,)))
@@ -795,14 +847,28 @@ class MergePropertyTests(SynchronousTestCase):
         """
         local, inner = chain
         hops = ([] if local is None else [local]) + inner
-        expected_order = list(dict.fromkeys(k for h in hops for k in keys(h)))
-        winner: dict[str | None, RecipientStatus] = {}
-        for key in expected_order:
-            knowing = [i for i, h in enumerate(hops) if key in keys(h)]
-            last = knowing[0]
-            while last + 1 in knowing:
-                last += 1
-            (winner[key],) = [b for b in hops[last].recipients if b.join_key == key]
+        # Each hop hands all its blocks on to the next.  A key's blocks are
+        # the last hop's of the first unbroken run that knows it; with a
+        # local record, a hop adds keys only when it was handed one (review
+        # M2: a host handed nothing cannot invent recipients).
+        expected_order: list[str | None] = []
+        last: dict[str | None, int] = {}
+        handed = {0}
+        for i, hop in enumerate(hops):
+            may_open = local is None or i in handed
+            for key in dict.fromkeys(keys(hop)):
+                if key not in last:
+                    if may_open:
+                        last[key] = i
+                        expected_order.append(key)
+                elif last[key] == i - 1:
+                    last[key] = i
+            if i in last.values():
+                handed.add(i + 1)
+        winner = {
+            key: next(b for b in hops[i].recipients if b.join_key == key)
+            for key, i in last.items()
+        }
         result = merge_combined(local, each(*inner))
         if not hops:
             self.assertEqual(result, ())
@@ -824,15 +890,28 @@ class MergePropertyTests(SynchronousTestCase):
         (combined,) = result
         out_keys = set(keys(combined))
         handed_on: set[str | None] = set()
-        for hop in ([] if local is None else [local]) + inner:
-            for b in hop.recipients:
-                # Absent only when joined to an earlier recipient by the
-                # address an earlier hop handed on.
-                self.assertTrue(b.join_key in out_keys or b.join_key in handed_on, b)
-            handed_on.update(address_of(b.final_recipient) for b in hop.recipients)
-        if local is not None:
+        if local is None:
+            # Fan-out: every recipient any host reports is kept.
+            for hop in inner:
+                for b in hop.recipients:
+                    # Absent only when joined to an earlier recipient by the
+                    # address an earlier hop handed on.
+                    self.assertTrue(b.join_key in out_keys or b.join_key in handed_on, b)
+                handed_on.update(address_of(b.final_recipient) for b in hop.recipients)
+        else:
             for k in keys(local):
                 self.assertIn(k, out_keys)
+            # A recipient the gateway did not know comes from a host some
+            # block handed a recipient to, never from one handed nothing.
+            named = {h for p in [local, *inner] for h, _ in referrals(p)}
+            allowed = set(keys(local)) | {
+                k
+                for answer in answers
+                if answer.host in named
+                for p in answer.parts
+                for k in keys(p)
+            }
+            self.assertLessEqual(out_keys, allowed)
         if combined is not local:
             # One recipient, one set of blocks: a key never appears in two
             # places (the gateway's own part, returned as it is, may).
