@@ -58,11 +58,13 @@ from zope.interface import implementer
 
 from mtqpgw.interfaces import ITracker
 from mtqpgw.merge import HostAnswer, host_key, merge, referrals, screen
-from mtqpgw.pool import SessionPool
+from mtqpgw.pool import SessionPool, effective_tls
 from mtqpgw.server import is_failed_lookup
 from mtqpgw.status import Answer, Outcome, TrackingStatus
+from mtqpgw.wire import starttls_line
 
 __all__ = [
+    "CLEAR_TEXT_WARNING_INTERVAL",
     "DEFAULT_DEADLINE",
     "DEFAULT_MAX_INNER_LINES",
     "DEFAULT_MAX_INNER_OCTETS",
@@ -114,6 +116,10 @@ _RECIPIENT_FIELDS = (
 # A part's own lines in the report (report.build_report): its delimiter,
 # Content-Type, the blank line after them and the blank line after the body.
 _PART_LINES, _PART_OCTETS = 4, 80
+
+# How often, per inner host, a TLS client's secret going out in clear text
+# is warned of (RFC 3887 section 11): enough to be seen, not a flood.
+CLEAR_TEXT_WARNING_INTERVAL = 60.0
 
 _LATE = Answer.temp(
     ("unavailable",), "Tracking information not available in time; try again later"
@@ -245,6 +251,8 @@ class ChainingTracker:
                 log.warn("Inner host {name} is this gateway's own name; never asked", name=name)
                 continue
             self.inner.setdefault(name, inner)
+        # Inner host -> when its clear-text warning was last logged.
+        self._clear_text_warned: dict[str, float] = {}
         self.max_inner_octets = max_inner_octets
         self.max_inner_lines = max_inner_lines
         self.pool = pool if pool is not None else SessionPool(reactor)
@@ -256,6 +264,40 @@ class ChainingTracker:
         Cancelling stops everything still running for it.
         """
         return _Query(self, envid, secret, secure).start()
+
+    def warn_if_clear_text(self, name: str, inner: Any, secure: bool) -> None:
+        """Warn (once a minute per host) when a TLS client's query goes on to ``inner`` in clear.
+
+        RFC 3887 section 11: the next hop SHOULD get the same or better
+        security.  STARTTLS names the server, and only a fully qualified
+        domain name can be named (``wire.starttls_line``): an inner host
+        named by an IP literal or one label gets the secret in clear text
+        under ``opportunistic`` (and ``off``, which ``secure`` turns into
+        ``opportunistic``), which client.py logs only at info level.
+        ``required`` fails instead, so nothing is sent.  Name inner hosts by
+        FQDN; ``host`` may still be an address.
+        """
+        if not secure or effective_tls(inner, secure) == "required":
+            return
+        try:
+            starttls_line(str(inner.name))
+        except ValueError:
+            pass
+        else:
+            return
+        now = self.clock.seconds()
+        last = self._clear_text_warned.get(name)
+        if last is not None and now - last < CLEAR_TEXT_WARNING_INTERVAL:
+            return
+        if len(self._clear_text_warned) > 4 * len(self.inner):
+            self._clear_text_warned.clear()  # bounded; only configured names get here
+        self._clear_text_warned[name] = now
+        log.warn(
+            "A TLS client's TRACK goes to inner host {name} without TLS: STARTTLS needs a "
+            "fully qualified name, not {name!r}; name it by FQDN in [[chain.inner]] "
+            "(host may stay an address)",
+            name=str(inner.name),
+        )
 
     def targets_for(self, parts: Iterable[TrackingStatus]) -> list[str]:
         """The configured inner hosts the referrals in ``parts`` name, in order, once each."""
@@ -422,6 +464,7 @@ class _Query:
     def _ask(self, name: str, depth: int, order: int) -> None:
         inner = self.tracker.inner[name]
         try:
+            self.tracker.warn_if_clear_text(name, inner, self.secure)
             d = self.tracker.pool.track(inner, self.envid, self.secret, self.secure)
         except Exception:
             d = defer.fail()

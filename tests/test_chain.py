@@ -226,6 +226,40 @@ class SeedExampleTests(ChainTestCase):
         self.assertTrue(self.pool.call("smtp.example3.com").secure)
 
 
+class ClearTextWarningTests(ChainTestCase):
+    """RFC 3887 section 11: a TLS client's secret going on in clear text is warned of."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.log = LogCapture(self)
+
+    def warnings(self) -> list[str]:
+        return [line for line in self.log.text().splitlines() if "without TLS" in line]
+
+    def test_warned_once_a_minute_per_host(self) -> None:
+        tracker = self.gateway("10.0.0.5", "mx", "a.corp.example.com")
+        required = InnerHost("[10.0.0.9]", "10.0.0.9", 1038, "required")
+        tracker.inner["10.0.0.9"] = required
+        for _ in range(3):
+            tracker.track(ENVID, SECRET_B64, secure=True)
+        self.assertEqual(len(self.pool.calls), 12, "fan-out: every host asked each time")
+        warned = self.warnings()
+        self.assertEqual(len(warned), 2, warned)
+        self.assertIn("10.0.0.5", warned[0])
+        self.assertIn("'mx'", warned[1])
+        self.clock.advance(61)
+        tracker.track(ENVID, SECRET_B64, secure=True)
+        self.assertEqual(len(self.warnings()), 4)
+
+    def test_not_for_plain_clients_nor_fqdns(self) -> None:
+        tracker = self.gateway("10.0.0.5", "a.corp.example.com")
+        tracker.track(ENVID, SECRET_B64)
+        self.assertEqual(self.warnings(), [])
+        tracker = self.gateway("a.corp.example.com")
+        tracker.track(ENVID, SECRET_B64, secure=True)
+        self.assertEqual(self.warnings(), [])
+
+
 class DeadlineTests(ChainTestCase):
     deadline = 30.0
 
