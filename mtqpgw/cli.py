@@ -77,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("path", metavar="PATH")
     check.set_defaults(handler=_check_config)
 
+    forget = sub.add_parser(
+        "forget-server",
+        help="forget what mtqp track remembered of a server (after a known certificate change)",
+    )
+    forget.add_argument("server", metavar="HOST[:PORT]", help="a bare HOST forgets every port")
+    forget.set_defaults(handler=_forget_server)
+
     demo = sub.add_parser("demo", help="run a gateway and two inner servers on loopback")
     demo.add_argument("--port", type=int, default=0, help="gateway port (default: any free)")
     demo.set_defaults(module="mtqpgw.demo")
@@ -98,6 +105,22 @@ def _certifier(args: argparse.Namespace) -> int:
         print("mtqp: SECRET must not be empty", file=sys.stderr)
         return EXIT_USAGE
     print(certifier_for(octets))
+    return EXIT_OK
+
+
+def _forget_server(args: argparse.Namespace) -> int:
+    from mtqpgw.tofu import default_cache_path, forget_server
+
+    try:
+        removed = forget_server(args.server)
+    except ValueError as e:
+        print(f"mtqp forget-server: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if not removed:
+        print(f"mtqp forget-server: nothing remembered of {args.server}", file=sys.stderr)
+        return EXIT_NEGATIVE
+    for key in removed:
+        print(f"forgot {key} (in {default_cache_path()})")
     return EXIT_OK
 
 

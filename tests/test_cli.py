@@ -156,6 +156,30 @@ class CheckConfigTests(SynchronousTestCase):
         self.assertIn("/nonexistent/mtqpgw.toml", err)
 
 
+class ForgetServerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        from mtqpgw.tofu import Observation, TofuCache
+
+        cache_home = os.path.abspath(self.mktemp())
+        self.patch(os, "environ", {**os.environ, "XDG_CACHE_HOME": cache_home})
+        cache = TofuCache()
+        cache.remember("mtqp.example.com", 1038, Observation(True, "ab" * 32))
+        cache.remember("mtqp.example.com", 2038, Observation(True, "cd" * 32))
+
+    def test_forget_one_port(self) -> None:
+        status, out, _ = run("forget-server", "mtqp.example.com:1038")
+        self.assertEqual(status, 0)
+        self.assertIn("forgot mtqp.example.com:1038", out)
+        self.assertEqual(run("forget-server", "mtqp.example.com:1038")[0], 1, "already gone")
+
+    def test_forget_every_port(self) -> None:
+        status, out, _ = run("forget-server", "mtqp.example.com")
+        self.assertEqual((status, out.count("forgot")), (0, 2))
+
+    def test_bad_argument(self) -> None:
+        self.assertEqual(run("forget-server", "mtqp.example.com:99999")[0], 2)
+
+
 class UsageTests(SynchronousTestCase):
     def test_no_command(self) -> None:
         self.assertEqual(run()[0], 2)
