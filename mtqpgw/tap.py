@@ -130,7 +130,7 @@ def build_service(config: Config, reactor: Any = None) -> tuple[service.MultiSer
         store, config.server.hostname, config.server.unknown_message, reactor=reactor
     )
     if config.chain is not None and config.chain.inner:
-        from mtqpgw.chain import ChainingTracker
+        from mtqpgw.chain import ChainingTracker, listen_addresses
         from mtqpgw.rewrite import Rewriter
 
         tracker = ChainingTracker(
@@ -139,6 +139,9 @@ def build_service(config: Config, reactor: Any = None) -> tuple[service.MultiSer
             Rewriter(config.rewrite),
             config.server.hostname,
             reactor=reactor,
+            # An inner part reporting as one of these is refused as well as
+            # one reporting as the gateway's name.
+            addresses=listen_addresses(config.server.listen),
         )
         tracker.service.setServiceParent(top)
     elif config.rewrite:

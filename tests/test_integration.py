@@ -286,6 +286,32 @@ class TwistdTests(SynchronousTestCase):
         self.assertIn("/nonexistent-dir", result.stderr)
 
 
+class GatewayServiceTests(SynchronousTestCase):
+    def test_gateway_knows_its_own_addresses(self) -> None:
+        # Inner parts that report as the gateway's listening address are
+        # refused like those naming the gateway (re-review finding 2).
+        from mtqpgw.chain import ChainingTracker
+        from mtqpgw.config import parse_config
+        from mtqpgw.tap import build_service
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config = parse_config(
+            {
+                "server": {
+                    "listen": ["tcp:0:interface=192.0.2.10", "tcp6:0:interface=2001\\:db8\\:\\:a"],
+                    "hostname": "mtqp.example.com",
+                },
+                "store": {"path": ":memory:"},
+                "chain": {"inner": [{"name": "smtp.corp.example.com"}]},
+            },
+            directory,
+        )
+        _, factory = build_service(config)
+        self.assertIsInstance(factory.tracker, ChainingTracker)
+        self.assertEqual(factory.tracker.addresses, {"192.0.2.10", "2001:db8::a"})
+
+
 class AdminStateTests(SynchronousTestCase):
     """``[server] admin_down_file`` switches a running daemon's administrative state."""
 
