@@ -121,6 +121,9 @@ _PART_LINES, _PART_OCTETS = 4, 80
 # is warned of (RFC 3887 section 11): enough to be seen, not a flood.
 CLEAR_TEXT_WARNING_INTERVAL = 60.0
 
+_UNREACHABLE = Answer.temp(
+    ("unavailable",), "Tracking information is not available now; try again later"
+)
 _LATE = Answer.temp(
     ("unavailable",), "Tracking information not available in time; try again later"
 )
@@ -590,6 +593,12 @@ class _Query:
         ]
         assert self.local_answer is not None
         if self.local_part is None and not inner:
+            if self.failed:
+                # Nothing known here, and a host that might know could not
+                # say: "no information" would be a guess, and one the client
+                # would be counted a failed TRACK for.  Whether it failed does
+                # not depend on the envelope id, so this tells nothing of it.
+                return _UNREACHABLE
             # Nothing known anywhere: the local tracker's unknown answer.
             return tracker.rewriter.answer(self.local_answer)
         # A local answer of several parts (a store that keeps hops) puts the
@@ -612,7 +621,10 @@ class _Query:
         return tracker.rewriter.answer(Answer.found(parts))
 
     def _log_summary(self, answer: Answer) -> None:
-        log.info(
+        # A partial answer is worth an operator's attention: it reads as
+        # complete to the client.
+        emit = log.warn if self.failed else log.info
+        emit(
             "TRACK {envid} chained: {outcome}; {asked} inner host(s) asked, "
             "{answered} told something, {failed} failed, in {duration:.3f}s",
             envid=self.envid,

@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mtqpgw.certifier import certifier_for_secret
 from mtqpgw.chain import MAX_PARTS_PER_ANSWER, ChainingTracker, listen_addresses, part_size
+from mtqpgw.client import ClientError
 from mtqpgw.config import ChainConfig, InnerHost, RewriteRule
 from mtqpgw.rewrite import Rewriter
 from mtqpgw.status import Action, Answer, Outcome, RecipientStatus, TrackingStatus
@@ -596,6 +597,34 @@ class UnknownTests(ChainTestCase):
             outcomes.append(self.successResultOf(d))
         self.assertEqual(outcomes[0], outcomes[1])
         self.assertEqual(outcomes[0], Answer.noinfo())
+
+    def test_inner_failure_with_nothing_known_is_temp(self) -> None:
+        # A broken inner host must not read as "no such message" (operator
+        # walkthrough 1): the answer is "try again later".
+        d = self.gateway("a.corp", "b.corp").track(ENVID, SECRET_B64)
+        self.pool.answer("a.corp", Answer.noinfo())
+        self.pool.calls[1].deferred.errback(ClientError("connection refused"))
+        answer = self.successResultOf(d)
+        self.assertEqual((answer.outcome, answer.reasons), (Outcome.TEMP, ("unavailable",)))
+        # The same for a host answering -TEMP (say, throttling the gateway).
+        self.pool.calls.clear()
+        d = self.gateway("a.corp").track(ENVID, SECRET_B64)
+        self.pool.answer("a.corp", Answer.temp(("unavailable",), "busy"))
+        self.assertEqual(self.successResultOf(d).outcome, Outcome.TEMP)
+
+    def test_inner_silence_at_the_deadline_with_nothing_known_is_temp(self) -> None:
+        d = self.gateway("a.corp").track(ENVID, SECRET_B64)
+        self.clock.advance(110)
+        self.assertEqual(self.successResultOf(d).outcome, Outcome.TEMP)
+
+    def test_partial_answer_logged_as_a_warning(self) -> None:
+        log = LogCapture(self)
+        self.store.add(part(GATEWAY, relayed("a@example1.com", "a.corp")))
+        d = self.gateway("a.corp").track(ENVID, SECRET_B64)
+        self.pool.calls[0].deferred.errback(ClientError("reset"))
+        self.assertEqual(self.successResultOf(d).outcome, Outcome.OK, "the gateway's own part")
+        summaries = [e for e in log.events if "chained" in e.get("log_format", "")]
+        self.assertEqual([e["log_level"].name for e in summaries], ["warn"])
 
     def test_no_fanout(self) -> None:
         d = self.gateway("a.corp", fanout=False).track(ENVID, SECRET_B64)
