@@ -334,7 +334,10 @@ class _Query:
         # (depth, launch order, host, parts) of each inner host that told
         # something; sorted by the first two, that is path order.
         self.results: list[tuple[int, int, str, list[TrackingStatus]]] = []
+        # Inner hosts that failed (refused, reset, -TEMP, TLS...) and those
+        # still silent at the deadline.
         self.failed: list[str] = []
+        self.late: list[str] = []
         # What the inner parts taken so far cost (part_size), and whether
         # the per-TRACK cap was reached: then every later part is dropped.
         self.taken_lines = 0
@@ -571,9 +574,10 @@ class _Query:
             if not self.expired:
                 return  # cancelled because the client went away
             what = "no answer before the deadline"
+            self.late.append(name)
         else:
             what = failure.getErrorMessage() or failure.type.__name__
-        self.failed.append(name)
+            self.failed.append(name)
         log.warn(
             "TRACK {envid}: inner host {host} failed: {error}",
             envid=self.envid,
@@ -594,10 +598,12 @@ class _Query:
         assert self.local_answer is not None
         if self.local_part is None and not inner:
             if self.failed:
-                # Nothing known here, and a host that might know could not
-                # say: "no information" would be a guess, and one the client
-                # would be counted a failed TRACK for.  Whether it failed does
-                # not depend on the envelope id, so this tells nothing of it.
+                # Nothing known here, and a host that might know failed:
+                # "no information" would be a guess, and one the client would
+                # be counted a failed TRACK for.  Whether it failed does not
+                # depend on the envelope id, so this tells nothing of it.
+                # (Hosts merely silent at the deadline are different: RFC
+                # 3887 section 2.4 wants "no further information" then.)
                 return _UNREACHABLE
             # Nothing known anywhere: the local tracker's unknown answer.
             return tracker.rewriter.answer(self.local_answer)
@@ -623,7 +629,7 @@ class _Query:
     def _log_summary(self, answer: Answer) -> None:
         # A partial answer is worth an operator's attention: it reads as
         # complete to the client.
-        emit = log.warn if self.failed else log.info
+        emit = log.warn if self.failed or self.late else log.info
         emit(
             "TRACK {envid} chained: {outcome}; {asked} inner host(s) asked, "
             "{answered} told something, {failed} failed, in {duration:.3f}s",
@@ -631,6 +637,6 @@ class _Query:
             outcome=answer.outcome.value,
             asked=len(self.visited),
             answered=len(self.results),
-            failed=len(self.failed),
+            failed=len(self.failed) + len(self.late),
             duration=time.monotonic() - self.started,
         )

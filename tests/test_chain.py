@@ -612,10 +612,11 @@ class UnknownTests(ChainTestCase):
         self.pool.answer("a.corp", Answer.temp(("unavailable",), "busy"))
         self.assertEqual(self.successResultOf(d).outcome, Outcome.TEMP)
 
-    def test_inner_silence_at_the_deadline_with_nothing_known_is_temp(self) -> None:
+    def test_inner_silence_at_the_deadline_is_no_further_information(self) -> None:
+        # RFC 3887 section 2.4: at the time limit, "no further information".
         d = self.gateway("a.corp").track(ENVID, SECRET_B64)
         self.clock.advance(110)
-        self.assertEqual(self.successResultOf(d).outcome, Outcome.TEMP)
+        self.assertEqual(self.successResultOf(d), Answer.noinfo())
 
     def test_partial_answer_logged_as_a_warning(self) -> None:
         log = LogCapture(self)
