@@ -61,7 +61,12 @@ and keeps the port); otherwise ``:`` splits the run and each piece, less
 leading and trailing dots and hyphens, is a candidate when it holds a
 letter or is an IPv4 address; ``550`` and ``5.1.1`` never are.  Any
 candidate a rule matches is replaced, single labels included, so a rule
-must match only host names (``"re:.*"`` would eat every word).  A candidate
+must match only host names (``"re:.*"`` would eat every word).  A
+candidate no rule matches whole may still hold a name with text glued on
+(``mx1.corp.example.com_backup``, ``-relay``, ``.Retry``,
+``queue.mx1.corp.example.com42``): its label-bounded spans are tried, and a
+span a rule matches is replaced, the rest kept (``example.com_backup``); see
+``Rewriter._spans`` for what a span is and what the search may cost.  A candidate
 longer than 255 characters is no host name and is left alone; that also
 bounds the cost of a rule, but a regular expression with nested repetition
 (``"re:(a+)+b"``) is still the administrator's to avoid.
@@ -109,6 +114,12 @@ class _Rule:
     # A rule written as a plain IP address compares by address, so that any
     # spelling of it matches (review M1: "2001:0DB8:0:0::5" is 2001:db8::5).
     address: _Address | None = None
+    # A glob's text before its first and after its last wildcard (all of it
+    # when it has none), lower-cased: a name it matches starts and ends so,
+    # which rules out most spans of a token without running the pattern.
+    # None for a regular expression, which promises nothing.
+    head: str | None = None
+    tail: str | None = None
 
 
 _MAX_NAME = 255
@@ -130,6 +141,29 @@ _ADDRESS_DOMAIN = re.compile(r"@(\[[^\[\]\s]*\]|[^@\s<>\[\]]+)>?\s*\Z")
 # Tokens whose rewriting is remembered (a report repeats its host names);
 # past this many the memory starts again, so it stays bounded.
 _MEMO_SIZE = 4096
+# The characters that end a label inside a token, where a span of it may
+# start or end ("mx1.corp.example.com_backup"); see Rewriter._spans.
+_SEPARATORS = frozenset("._-")
+_DOTTED_QUAD = re.compile(r"[0-9]\.[0-9]+\.[0-9]+\.[0-9]")
+# What one token may cost in Rewriter._spans: spans looked at, and spans
+# matched against the rules (each a fullmatch on at most _MAX_NAME
+# characters).  A real name with text glued on needs a handful.
+_SPAN_PAIRS = 2048
+_SPAN_TRIES = 32
+
+
+def _cut_ok(text: str, separator: int) -> bool:
+    """Whether a span may begin after, or end before, the separator at ``text[separator]``.
+
+    Not inside a dotted number: "192.168.10.5" has no span "10.5", and
+    "10.0.0.5.25" no span "10.0.0.5".
+    """
+    return not (
+        text[separator] == "."
+        and 0 < separator < len(text) - 1
+        and text[separator - 1].isdigit()
+        and text[separator + 1].isdigit()
+    )
 
 
 # What, besides the rules' own runs, the fast path must look at when a rule
@@ -258,13 +292,17 @@ def _compile(rule: RuleLike) -> _Rule:
         pattern = compile_match(match)
     except ValueError as exc:
         raise ValueError(f"rewrite rule {match!r}: {exc}") from None
-    address = None
+    address = head = tail = None
     if match[:3].lower() != "re:":
-        address = _parse_address(match_subject(match))
+        subject = match_subject(match).lower()
+        address = _parse_address(subject)
         if isinstance(address, ipaddress.IPv6Address):
             # A rule written for ::ffff:10.0.0.5 hides 10.0.0.5 in any form.
             address = _embedded_ipv4(address) or address
-    return _Rule(match, pattern, replacement, bool(getattr(rule, "addresses", False)), address)
+        literals = re.split(r"[*?]", subject)
+        head, tail = literals[0], literals[-1]
+    addresses = bool(getattr(rule, "addresses", False))
+    return _Rule(match, pattern, replacement, addresses, address, head, tail)
 
 
 class Rewriter:
@@ -279,6 +317,7 @@ class Rewriter:
     def __init__(self, rules: Iterable[RuleLike] = ()) -> None:
         self._rules = tuple(_compile(rule) for rule in rules)
         self._needles = _needles(self._rules)
+        self._address_rules = any(_may_match_address(rule) for rule in self._rules)
         self._memo: dict[str, str] = {}
 
     def __repr__(self) -> str:
@@ -448,7 +487,128 @@ class Rewriter:
         match = _PIECE.fullmatch(piece)
         assert match is not None  # the pattern matches every string
         lead, core, trail = match.groups()
-        if not (_LETTER.search(core) or _IPV4.fullmatch(core)):
+        if _IPV4.fullmatch(core):
+            # An address is hidden whole or not at all: no span of
+            # "192.168.10.5" is an address of its own.
+            rule = self._rule_for(core)
+            return piece if rule is None else lead + rule.replace + trail
+        if _LETTER.search(core):
+            rule = self._rule_for(core)
+            if rule is not None:
+                return lead + rule.replace + trail
+        elif not _DOTTED_QUAD.search(core):
+            return piece  # "550", "5.1.1": no name, and no address glued to anything
+        if len(core) > _MAX_NAME:
             return piece
-        rule = self._rule_for(core)
-        return piece if rule is None else lead + rule.replace + trail
+        spans = self._spans(core)
+        return piece if spans is None else lead + spans + trail
+
+    def _spans(self, core: str) -> str | None:
+        """``core`` with each label-bounded span that a rule matches replaced; None if none is.
+
+        For a name with text glued on (``mx1.corp.example.com_backup``,
+        ``-relay``, ``.Retry``, ``queue.mx1.corp.example.com42``), which no
+        rule matches whole.  A span starts at the start of ``core`` or after
+        a ``.``, ``_`` or ``-``, and ends at the end of ``core``, before one
+        of those, or where a needle (a rule's text) ends and a letter meets a
+        digit (``com|42``); never between two letters, since
+        ``mx.example.community`` is another name than ``mx.example.com``, nor
+        inside a number (``10.0.0.5|5``, ``192.168.|10.5``), since a part of
+        an address is no address.  Spans are tried leftmost first, then
+        longest first, so the most of a name is hidden
+        (``queue.mx1.corp.example.com`` rather than its tail); text after a
+        hidden span is searched the same way.  A span longer than a host
+        name (255) is not tried.
+
+        The work per token is bounded whatever its length: at most
+        ``_SPAN_PAIRS`` spans are looked at (cheap string tests: a glob's
+        head and tail, or the shape of an address) and ``_SPAN_TRIES`` of
+        them matched against the rules.  A token that uses up either budget
+        while it still holds a rule's text is hidden whole (fail closed: a
+        hostile token must not buy a leak with its length); with regular
+        expressions, which have no text to look for, the search just stops.
+        """
+        n = len(core)
+        low = core.lower()
+        needles = self._needles
+        starts = [
+            i
+            for i in range(n)
+            if core[i] not in _SEPARATORS
+            and (i == 0 or (core[i - 1] in _SEPARATORS and _cut_ok(core, i - 1)))
+        ]
+        ends = [
+            i
+            for i in range(n, 0, -1)
+            if core[i - 1] not in _SEPARATORS
+            and (i == n or (core[i] in _SEPARATORS and _cut_ok(core, i)))
+        ]
+        if needles is not None:
+            # Where a rule's text ends, a digit may follow a letter or a
+            # letter a digit without a separator: "com42", "10.0.0.5abc".
+            glued = {
+                hit.end()
+                for hit in needles.finditer(low)
+                if 0 < hit.end() < n
+                and core[hit.end()] not in _SEPARATORS
+                and core[hit.end() - 1].isdigit() != core[hit.end()].isdigit()
+            }
+            if glued:
+                ends = sorted(glued.union(ends), reverse=True)
+        pieces: list[str] = []
+        done = 0  # core[:done] is in pieces
+        pairs = tries = 0
+        hit_start = -1  # start of the first needle at or after the span's start
+        for start in starts:
+            if start < done:
+                continue
+            if needles is not None:
+                if hit_start < start:
+                    hit = needles.search(low, start)
+                    if hit is None:
+                        break  # no rule's text in the rest: nothing to hide
+                    hit_start = hit.start()
+                if hit_start - start >= _MAX_NAME:
+                    continue  # no span from here reaches a rule's text
+            for end in ends:
+                if end <= start or end <= hit_start:
+                    break  # ends are in decreasing order
+                if end - start > _MAX_NAME or (start == 0 and end == n):
+                    continue  # too long for a name; tried whole already
+                pairs += 1
+                if pairs > _SPAN_PAIRS or tries >= _SPAN_TRIES:
+                    return self._fail_closed(core, pieces, done)
+                if not self._may_fit(low[start:end]):
+                    continue
+                tries += 1
+                rule = self._rule_for(core[start:end])
+                if rule is not None:
+                    pieces += (core[done:start], rule.replace)
+                    done = end
+                    break
+        if not pieces:
+            return None
+        pieces.append(core[done:])
+        return "".join(pieces)
+
+    def _fail_closed(self, core: str, pieces: list[str], done: int) -> str | None:
+        """What ``_spans`` gives when its budget runs out: the rest hidden if it holds a rule's text."""
+        if self._needles is None or not self._needles.search(core, done):
+            if not pieces:
+                return None
+            return "".join([*pieces, core[done:]])
+        return "".join([*pieces, self._rules[0].replace])
+
+    def _may_fit(self, span: str) -> bool:
+        """Whether a rule may match ``span`` (lower case), on its head and tail or its shape."""
+        for rule in self._rules:
+            if rule.head is None or rule.tail is None:
+                return True  # a regular expression: only trying it tells
+            if (
+                len(span) >= len(rule.head) + len(rule.tail)
+                and span.startswith(rule.head)
+                and span.endswith(rule.tail)
+            ):
+                return True
+        # Another spelling of an address holds no rule's text ("10.0.0.005").
+        return self._address_rules and _IPV4.fullmatch(span) is not None

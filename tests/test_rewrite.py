@@ -440,6 +440,88 @@ class FieldTests(SynchronousTestCase):
         self.assertIs(HIDE_CORP.answer(clean), clean)
 
 
+class GluedNameTests(SynchronousTestCase):
+    """Names with text glued on, which no rule matches whole (re-review item 1)."""
+
+    RULES = Rewriter([Rule("*.corp.example.com", "example.com"), Rule("10.*", "example.com")])
+
+    def test_glued_names_hidden_rest_kept(self) -> None:
+        for text, expected in (
+            ("mx1.corp.example.com_backup", "example.com_backup"),
+            ("mx1.corp.example.com-relay", "example.com-relay"),
+            ("mx1.corp.example.com.Retry", "example.com.Retry"),
+            ("queue.mx1.corp.example.com42", "example.com42"),
+            ("MX1.CORP.EXAMPLE.COM_backup:25", "example.com_backup:25"),
+            ("(spool-mx1.corp.example.com.Retry)", "(example.com.Retry)"),
+            ("host-10.0.0.5", "host-example.com"),
+            # "10.*" matches "10.0.0.5-out": the glob says so.
+            ("relay_10.0.0.5-out", "relay_example.com"),
+            ("10.0.0.5_42", "example.com_42"),
+        ):
+            self.assertEqual(self.RULES._text(text), expected, text)
+        block = recipient(
+            diagnostic_code="smtp; 451 mx1.corp.example.com_backup busy",
+            status="4.4.1 (queue.mx1.corp.example.com42)",
+            remote_mta="dns; mx1.corp.example.com-relay",
+            extensions=(("X-Retry", "mx1.corp.example.com.Retry"),),
+        )
+        out = self.RULES.part(part(block)).recipients[0]
+        self.assertEqual(out.diagnostic_code, "smtp; 451 example.com_backup busy")
+        self.assertEqual(out.status, "4.4.1 (example.com42)")
+        self.assertEqual(out.remote_mta, "dns; example.com-relay")
+        self.assertEqual(out.extensions, (("X-Retry", "example.com.Retry"),))
+        self.assertEqual(self.RULES.part(self.RULES.part(part(block))).recipients[0], out)
+
+    def test_longest_span_from_the_left(self) -> None:
+        rw = Rewriter([Rule("mx?.corp.example.com", "a.example")])
+        # The glob starts with "mx": the span starts there, the rest is kept.
+        self.assertEqual(rw._text("queue.mx1.corp.example.com_x"), "queue.a.example_x")
+        self.assertEqual(
+            rw._text("mx1.corp.example.com_mx2.corp.example.com-x"), "a.example_a.example-x"
+        )
+        regex = Rewriter([Rule(r"re:mx[0-9]\.corp\.example\.com", "a.example")])
+        self.assertEqual(regex._text("queue.mx1.corp.example.com_x"), "queue.a.example_x")
+        # The host API is about whole names only.
+        self.assertEqual(rw.host("mx1.corp.example.com_x"), "mx1.corp.example.com_x")
+
+    def test_what_is_not_a_span(self) -> None:
+        """No cut between two letters, inside a number, or in an address."""
+        v4 = Rewriter([Rule("*.corp.example.com", "example.com"), Rule("10.0.0.5", "b.example")])
+        for text in (
+            "mx.corp.example.community",  # another name
+            "corp.example.com_backup",  # the apex: the rule does not match it
+            "xcorp.example.com-relay",
+            "10.0.0.55_x",  # another address
+            "10.0.0.5.25",
+            "192.168.10.0.0.5_x",
+            "x.10.0.0.50",
+        ):
+            self.assertEqual(v4._text(text), text, text)
+        glob = Rewriter([Rule("10.*", "example.com")])
+        # A part of an address is no address, however broad the glob.
+        for text in ("192.168.10.5", "192.168.10.5_x", "172.16.10.1:25"):
+            self.assertEqual(glob._text(text), text, text)
+
+    def test_hostile_token_costs_bounded_work_and_fails_closed(self) -> None:
+        from mtqpgw import rewrite
+
+        rw = Rewriter([Rule("mx?.corp.example.com", "a.example")])
+        looked = []
+        rule_for = rw._rule_for
+        rw._rule_for = lambda name: looked.append(name) or rule_for(name)  # type: ignore[method-assign]
+        # Every "mxxx...com" span has the glob's head and tail and fails it.
+        token = "mxxx.corp.example.com_" * 10 + "mx1.corp.example.com"
+        self.assertLess(len(token), 256)
+        out = rw._text(token)
+        self.assertLessEqual(len(looked), rewrite._SPAN_TRIES + 1)
+        # Out of budget with a rule's text still in it: hidden whole.
+        self.assertEqual(out, "a.example")
+        # An ordinary glued name costs a few looks.
+        looked.clear()
+        self.assertEqual(rw._text("queue.mx1.corp.example.com_x"), "queue.a.example_x")
+        self.assertLessEqual(len(looked), 3)
+
+
 class SeedExample12Tests(SynchronousTestCase):
     def test_example_12_from_example_10(self) -> None:
         """Seed example 12 (hiding system names) is example 10's two parts, rewritten.
@@ -511,6 +593,7 @@ _FILLER = st.sampled_from(
 )
 # How a name sits in free text.
 _WRAPS = ["{}", "[{}]", "({})", "<u@{}>", "{}.", "{}:25", "{},", "at={}"]
+_WRAPS += ["{}_backup", "{}-relay", "{}.Retry", "queue.{}42"]
 
 
 @st.composite
@@ -578,8 +661,11 @@ _HIDE_ALL = Rewriter(
 # key=value diagnostics put around them, under rules without ``addresses``.
 _BEFORE = ["", "@", "Q1@", "id=Q1@", "host=", "/", "=", "[", "(", "<", "<u@", '"', "'", ","]
 _BEFORE += [".", "..", "x/", "a.b=", "queued as ABC@", "-"]
+# Re-review item 1: text glued on before and after, label-bounded.
+_BEFORE += ["queue.", "spool-", "q_", "(x-"]
 _AFTER = ["", "@x", "@", "/", "=", "]", ")", ">", '"', "'", ",", ".", "..", ":25", "/x@y"]
 _AFTER += ["=q", "@mx.example.net", "-"]
+_AFTER += ["_backup", "-relay", ".Retry", "42", "42_x", ".Retry:25"]
 _FREE_TEXT_RULES = Rewriter(
     [Rule("*.corp.example.com", "example.com"), Rule("10.*", "example.com")]
 )
@@ -696,6 +782,9 @@ _PIECES = st.sampled_from(
         "::FFFF:10.0.0.7",
         "[IPv6:fd00::6]",
         "corp.example.com",
+        "_backup",
+        "42",
+        "queue.",
         "\u212a",  # KELVIN SIGN: folds to "k" in Unicode, never in a token
         "x",
         "550",
