@@ -24,7 +24,10 @@ spelling (``str(ipaddress.ip_address(...))``).  An IPv6 address that
 carries an IPv4 one (mapped ``::ffff:``, 6to4 ``2002::/16``, NAT64
 ``64:ff9b::/96``, IPv4-compatible ``::a.b.c.d``) is also matched as that
 IPv4 address, and a dotted quad with leading zeros is read as decimal.
-Networks (``10.0.0.0/8``) are not rules: write the glob ``10.*``.
+Networks (``10.0.0.0/8``) are not rules: write the glob ``10.*``.  A
+reverse-DNS name of a whole address (``5.0.0.10.in-addr.arpa``, the 32
+nibbles of an ``ip6.arpa`` name) is matched as that address too, and the
+whole name is replaced.
 
 What is rewritten:
 
@@ -169,8 +172,10 @@ def _cut_ok(text: str, separator: int) -> bool:
 # What, besides the rules' own runs, the fast path must look at when a rule
 # may match an address written in another spelling: any token with a colon
 # (IPv6 in any spelling, IPv4 mapped into or embedded in IPv6, hex forms)
-# and any dotted quad (leading zeros).
-_ADDRESS_NEEDLES = (":", r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
+# any dotted quad (leading zeros), and any reverse-DNS name (nibbles hold no
+# colon, and may hold no dotted quad either; ".arpa" alone costs the search
+# less than "in-addr.arpa" and "ip6.arpa" as two alternatives).
+_ADDRESS_NEEDLES = (":", r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+", r"\.arpa")
 # Glob characters of a rule that may match an address: hex digits, "." and
 # ":" and the wildcards ("10.0.0.*", "2001:db8::*", "*").
 _ADDRESS_GLOB = frozenset("0123456789abcdef.:*?")
@@ -204,7 +209,8 @@ def _needles(rules: Iterable[_Rule]) -> re.Pattern[str] | None:
         runs.add(run)
         if _may_match_address(rule):
             # The rule's run is one spelling of an address; other spellings
-            # hold other text, so every token that may be an address is seen.
+            # hold other text, so every token that may be an address is seen,
+            # reverse-DNS names included (their nibbles hold no colon).
             extra.update(_ADDRESS_NEEDLES)
     if not runs:
         return None
@@ -260,6 +266,33 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | No
     if address in _NAT64 or (value >> 32 == 0 and value >= 1 << 24):
         # ::10.0.0.5 (deprecated IPv4-compatible); not ::1 and its kin.
         return ipaddress.IPv4Address(value & 0xFFFFFFFF)
+    return None
+
+
+_IN_ADDR = ".in-addr.arpa"
+_IP6 = ".ip6.arpa"
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def _reverse_address(subject: str) -> _Address | None:
+    """The address a reverse-DNS name (lower case) is for; None for anything else.
+
+    Only a whole address: ``5.0.0.10.in-addr.arpa`` and the 32 nibbles of
+    ``....ip6.arpa``.  A shorter one (``10.in-addr.arpa``) names a network's
+    zone, which rules, written for hosts, are not asked about.
+    """
+    if subject.endswith(_IN_ADDR):
+        labels = subject[: -len(_IN_ADDR)].split(".")
+        if len(labels) != 4 or not all(label.isdigit() and len(label) <= 3 for label in labels):
+            return None
+        return _parse_address(".".join(reversed(labels)))
+    if subject.endswith(_IP6):
+        labels = subject[: -len(_IP6)].split(".")
+        if len(labels) != 32 or not all(
+            len(label) == 1 and label in _HEX_DIGITS for label in labels
+        ):
+            return None
+        return ipaddress.IPv6Address(int("".join(reversed(labels)), 16))
     return None
 
 
@@ -382,6 +415,11 @@ class Rewriter:
             embedded = _embedded_ipv4(address)
             if embedded is not None:
                 return self._rule_for(str(embedded))
+        # 5.0.0.10.in-addr.arpa names 10.0.0.5 as plainly as "[10.0.0.5]"
+        # does, so a rule for the address hides the whole name.
+        reverse = _reverse_address(subject)
+        if reverse is not None:
+            return self._rule_for(str(reverse))
         return None
 
     def _extensions(self, fields: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
@@ -610,5 +648,8 @@ class Rewriter:
                 and span.endswith(rule.tail)
             ):
                 return True
-        # Another spelling of an address holds no rule's text ("10.0.0.005").
-        return self._address_rules and _IPV4.fullmatch(span) is not None
+        # Another spelling of an address holds no rule's text ("10.0.0.005",
+        # "5.0.0.10.in-addr.arpa").
+        return self._address_rules and (
+            _IPV4.fullmatch(span) is not None or span.endswith((_IN_ADDR, _IP6))
+        )

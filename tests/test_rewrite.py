@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -522,6 +523,66 @@ class GluedNameTests(SynchronousTestCase):
         self.assertLessEqual(len(looked), 3)
 
 
+def nibbles(address: str) -> str:
+    """The ip6.arpa name of an IPv6 address."""
+    return (
+        ".".join(reversed(ipaddress.IPv6Address(address).exploded.replace(":", ""))) + ".ip6.arpa"
+    )
+
+
+class ReverseNameTests(SynchronousTestCase):
+    """Reverse-DNS names of inner addresses (re-review item 2)."""
+
+    RULES = Rewriter(
+        [
+            Rule("*.corp.example.com", "example.com"),
+            Rule("10.*", "example.com"),
+            Rule("2001:db8::5", "v6.example"),
+        ]
+    )
+
+    def test_reverse_names_hidden_whole(self) -> None:
+        self.assertEqual(nibbles("2001:db8::5")[:8], "5.0.0.0.")
+        for name, expected in (
+            ("5.0.0.10.in-addr.arpa", "example.com"),
+            ("5.0.0.10.IN-ADDR.ARPA", "example.com"),
+            ("005.0.0.10.in-addr.arpa", "example.com"),
+            (nibbles("2001:db8::5"), "v6.example"),
+            (nibbles("2001:db8::5").upper(), "v6.example"),
+            (nibbles("::ffff:10.0.0.5"), "example.com"),  # an IPv4 address in IPv6
+            (nibbles("64:ff9b::a00:5"), "example.com"),
+        ):
+            self.assertEqual(self.RULES.host(name), expected, name)
+            self.assertEqual(self.RULES._text(f"PTR {name} said"), f"PTR {expected} said", name)
+        for name in (
+            "5.2.0.192.in-addr.arpa",
+            "0.10.in-addr.arpa",  # a network's zone, not a host
+            "5.0.0.256.in-addr.arpa",
+            "x.0.0.10.in-addr.arpa",
+            nibbles("2001:db8::6"),
+            nibbles("2001:db8::5")[2:],  # 31 nibbles
+            "in-addr.arpa",
+        ):
+            self.assertEqual(self.RULES.host(name), name, name)
+            self.assertEqual(self.RULES._text(f"PTR {name} said"), f"PTR {name} said", name)
+
+    def test_reverse_names_in_every_field(self) -> None:
+        v4 = Rewriter([Rule("10.0.0.5", "b.example")])
+        block = recipient(
+            remote_mta="dns; 5.0.0.10.in-addr.arpa",
+            diagnostic_code="smtp; 550 no PTR for 5.0.0.10.in-addr.arpa_x (queue.5.0.0.10.in-addr.arpa)",
+            status="4.4.1 (5.0.0.10.in-addr.arpa.)",
+        )
+        out = v4.part(part(block, reporting_mta="dns; 5.0.0.10.in-addr.arpa.")).recipients[0]
+        self.assertEqual(out.remote_mta, "dns; b.example")
+        self.assertEqual(out.diagnostic_code, "smtp; 550 no PTR for b.example_x (queue.b.example)")
+        self.assertEqual(out.status, "4.4.1 (b.example.)")
+        # The fast path looks at reverse names, though they hold none of the rule's text.
+        self.assertIsNotNone(v4._needles)
+        self.assertTrue(v4._needles.search(nibbles("fd00::1")))
+        self.assertIsNone(HIDE_CORP._needles.search("5.0.0.10.in-addr.arpa"))
+
+
 class SeedExample12Tests(SynchronousTestCase):
     def test_example_12_from_example_10(self) -> None:
         """Seed example 12 (hiding system names) is example 10's two parts, rewritten.
@@ -587,7 +648,18 @@ _INNER_IP = st.builds(
     st.integers(0, 255),
     st.integers(0, 255),
 )
-_SECRET = st.one_of(_INNER_NAME, _INNER_IP)
+# Re-review item 2: reverse-DNS names of inner addresses, IPv4 and IPv4-in-IPv6.
+_INNER_REVERSE = st.builds(
+    lambda a, b, c, case, v6: case(
+        nibbles(f"::ffff:10.{a}.{b}.{c}") if v6 else f"{c}.{b}.{a}.10.in-addr.arpa"
+    ),
+    st.integers(0, 255),
+    st.integers(0, 255),
+    st.integers(0, 255),
+    st.sampled_from([str.lower, str.upper]),
+    st.booleans(),
+)
+_SECRET = st.one_of(_INNER_NAME, _INNER_IP, _INNER_REVERSE)
 _FILLER = st.sampled_from(
     ["rejected", "by", "550", "5.1.1", "mx.example.net", "smtp", "host", "(", ")", "192.0.2.1"]
 )
@@ -714,6 +786,7 @@ class RewritePropertyTests(SynchronousTestCase):
         for value in all_values(out):
             lowered = value.lower()
             self.assertNotIn("corp.example.com", lowered)
+            self.assertNotIn(".arpa", lowered)
             for secret in secrets:
                 if secret[0].isdigit():
                     self.assertIsNone(
@@ -755,6 +828,7 @@ class RewritePropertyTests(SynchronousTestCase):
         out = _FREE_TEXT_RULES.part(ts)
         for value in _free_text_values(out):
             self.assertNotIn("corp.example.com", value.lower(), value)
+            self.assertNotIn(".arpa", value.lower(), value)
             self.assertIsNone(_INNER_IP_IN_TEXT.search(value), value)
         self.assertEqual(_FREE_TEXT_RULES.part(out), out)
 
@@ -784,6 +858,10 @@ _PIECES = st.sampled_from(
         "corp.example.com",
         "_backup",
         "42",
+        "5.0.0.10.in-addr.arpa",
+        "5.0.0.10.IN-ADDR.ARPA",
+        nibbles("fd00::5"),
+        nibbles("fd00::6"),
         "queue.",
         "\u212a",  # KELVIN SIGN: folds to "k" in Unicode, never in a token
         "x",
