@@ -45,7 +45,11 @@ What is rewritten:
 - the domain of recipient addresses in Original-Recipient and
   Final-Recipient only under a rule with ``addresses`` true: there the
   address is the recipient's, which the client gave and needs back, and a
-  mail domain is not a host.
+  mail domain is not a host.  A percent-hack hop in their local part
+  (``rfc822; jdoe%mx7.corp.example.com@example.com``) is rewritten whatever
+  ``addresses`` says: it is the inner MTA's name, put there by the relay, not
+  the client's data (in free text ``%`` ends a token, so there it is a name
+  like any other).
 
 Free text has no addresses, only tokens.  ``Q1@mx7.corp.example.com`` in a
 Diagnostic-Code is a queue id or a Message-ID far more often than a
@@ -75,7 +79,8 @@ bounds the cost of a rule, but a regular expression with nested repetition
 (``"re:(a+)+b"``) is still the administrator's to avoid.
 
 Never rewritten: Original-Envelope-Id (the client's own key), Action, dates,
-field names, and the local parts of Original-Recipient and Final-Recipient.
+field names, and the local parts of Original-Recipient and Final-Recipient
+(but for their ``%host`` hops).
 """
 
 from __future__ import annotations
@@ -141,6 +146,8 @@ _TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 # The domain of a recipient field's address: "rfc822; u@[10.0.0.5]",
 # "rfc822; <u@mx.example.com> ".
 _ADDRESS_DOMAIN = re.compile(r"@(\[[^\[\]\s]*\]|[^@\s<>\[\]]+)>?\s*\Z")
+# A percent-hack hop in a recipient's local part: "jdoe%mx7.corp.example.com@x".
+_PERCENT_HOST = re.compile(r"%(\[[^\[\]\s]*\]|[A-Za-z0-9_.:-]+)")
 # Tokens whose rewriting is remembered (a report repeats its host names);
 # past this many the memory starts again, so it stays bounded.
 _MEMO_SIZE = 4096
@@ -198,6 +205,16 @@ def _needles(rules: Iterable[_Rule]) -> re.Pattern[str] | None:
     of the kind, and neither does a glob with no such run: then None, and
     every token is looked at.
     """
+    alternatives = _needle_alternatives(rules)
+    if alternatives is None:
+        return None
+    # ASCII case folding only: a token is ASCII, and Unicode folding would
+    # find a run in a Kelvin sign, outside any token.
+    return re.compile("|".join(alternatives), re.IGNORECASE | re.ASCII)
+
+
+def _needle_alternatives(rules: Iterable[_Rule]) -> list[str] | None:
+    """The alternatives of ``_needles``: the rules' runs, then address shapes; None for none."""
     runs = set()
     extra: set[str] = set()
     for rule in rules:
@@ -214,11 +231,21 @@ def _needles(rules: Iterable[_Rule]) -> re.Pattern[str] | None:
             extra.update(_ADDRESS_NEEDLES)
     if not runs:
         return None
-    # ASCII case folding only: a token is ASCII, and Unicode folding would
-    # find a run in a Kelvin sign, outside any token.
     ordered = sorted(runs, key=len, reverse=True)
-    alternatives = [*map(re.escape, ordered), *sorted(extra)]
-    return re.compile("|".join(alternatives), re.IGNORECASE | re.ASCII)
+    return [*map(re.escape, ordered), *sorted(extra)]
+
+
+def _needle_ends(rules: Iterable[_Rule]) -> tuple[re.Pattern[str], ...]:
+    """One pattern per alternative of ``_needles``, each finding where its text ends, overlaps too.
+
+    ``_needles(...).finditer`` does not: in "a10.corp.example.com42" the "10."
+    of a rule "10.*" takes the dot that ".corp.example.com" begins with, and
+    the end of that one, where a span must end, would be missed.
+    """
+    return tuple(
+        re.compile(f"(?=({alternative}))", re.IGNORECASE | re.ASCII)
+        for alternative in _needle_alternatives(rules) or ()
+    )
 
 
 def _is_ip(text: str) -> bool:
@@ -350,6 +377,7 @@ class Rewriter:
     def __init__(self, rules: Iterable[RuleLike] = ()) -> None:
         self._rules = tuple(_compile(rule) for rule in rules)
         self._needles = _needles(self._rules)
+        self._needle_ends = _needle_ends(self._rules)
         self._address_rules = any(_may_match_address(rule) for rule in self._rules)
         self._memo: dict[str, str] = {}
 
@@ -450,18 +478,29 @@ class Rewriter:
         return kind + sep + self._text(text)
 
     def _address(self, value: str | None) -> str | None:
-        """Original-/Final-Recipient: the domain only, and only under an ``addresses`` rule."""
+        """Original-/Final-Recipient: ``%host`` hops always, the domain only under ``addresses``."""
         if not value:
             return value
         # The domain after the last "@", an address literal or a name, with
         # the ">" and white space that may close the field kept as they are.
         found = _ADDRESS_DOMAIN.search(value)
+        local_end = len(value) if found is None else found.start(1)
+        # "jdoe%mx7.corp.example.com@example.com": the host after "%" is the
+        # inner MTA that relays by the percent hack, written there by it, not
+        # the client's data, so it is hidden whatever ``addresses`` says.
+        local = value[:local_end]
+        if "%" in local:
+            local = _PERCENT_HOST.sub(self._percent_host, local)
         if found is None:
-            return value
+            return local
         rule = self._rule_for(found.group(1))
         if rule is None or not rule.addresses:
-            return value
-        return value[: found.start(1)] + rule.replace + value[found.end(1) :]
+            return local + value[local_end:]
+        return local + rule.replace + value[found.end(1) :]
+
+    def _percent_host(self, hop: re.Match[str]) -> str:
+        rule = self._rule_for(hop.group(1))
+        return hop.group() if rule is None else "%" + rule.replace
 
     def _text(self, text: str | None) -> str | None:
         """Free text with every host name and address that a rule matches replaced."""
@@ -585,11 +624,12 @@ class Rewriter:
             # Where a rule's text ends, a digit may follow a letter or a
             # letter a digit without a separator: "com42", "10.0.0.5abc".
             glued = {
-                hit.end()
-                for hit in needles.finditer(low)
-                if 0 < hit.end() < n
-                and core[hit.end()] not in _SEPARATORS
-                and core[hit.end() - 1].isdigit() != core[hit.end()].isdigit()
+                end
+                for pattern in self._needle_ends
+                for hit in pattern.finditer(low)
+                if 0 < (end := hit.end(1)) < n
+                and core[end] not in _SEPARATORS
+                and core[end - 1].isdigit() != core[end].isdigit()
             }
             if glued:
                 ends = sorted(glued.union(ends), reverse=True)

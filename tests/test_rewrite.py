@@ -360,6 +360,45 @@ class FieldTests(SynchronousTestCase):
             out = Rewriter(rules).part(part(field)).recipients[0]
             self.assertEqual(out.final_recipient, expected, written)
 
+    def test_percent_hack_hosts_hidden_whatever_the_flag(self) -> None:
+        """Re-review item 3: a %host in a recipient's local part is the inner MTA's name."""
+        rules = [Rule("*.corp.example.com", "example.com"), Rule("10.*", "example.com")]
+        for addresses in (False, True):
+            rw = Rewriter([Rule(r.match, r.replace, addresses=addresses) for r in rules])
+            domain = "example.com" if addresses else "mbox.corp.example.com"
+            for written, expected in (
+                (
+                    "rfc822; jdoe%mx7.corp.example.com@example.com",
+                    "rfc822; jdoe%example.com@example.com",
+                ),
+                (
+                    "rfc822; <jdoe%MX7.Corp.Example.com%[10.0.0.5]@mbox.corp.example.com> ",
+                    f"rfc822; <jdoe%example.com%example.com@{domain}> ",
+                ),
+                ("rfc822; jdoe%mx7.corp.example.com", "rfc822; jdoe%example.com"),
+                # Hops no rule matches, and "%" that is no hop, stay.
+                (
+                    "rfc822; a%relay.example.net@example.com",
+                    "rfc822; a%relay.example.net@example.com",
+                ),
+                ("rfc822; 100%@example.com", "rfc822; 100%@example.com"),
+                (
+                    "rfc822; a%corp.example.com@example.com",
+                    "rfc822; a%corp.example.com@example.com",
+                ),
+            ):
+                block = recipient(final_recipient=written, original_recipient=written)
+                out = rw.part(part(block)).recipients[0]
+                self.assertEqual(out.final_recipient, expected, (addresses, written))
+                self.assertEqual(out.original_recipient, expected, (addresses, written))
+                self.assertEqual(rw.part(part(out)).recipients[0], out)
+        # In free text "%" ends a token: the hop is a name like any other.
+        rw = Rewriter(rules)
+        self.assertEqual(
+            rw._text("550 <jdoe%mx7.corp.example.com@example.com> unknown"),
+            "550 <jdoe%example.com@example.com> unknown",
+        )
+
     def test_ipv6_in_text(self) -> None:
         rw = Rewriter([Rule(r"re:2001:db8:.*", "example.com")])
         block = recipient(
@@ -458,6 +497,8 @@ class GluedNameTests(SynchronousTestCase):
             # "10.*" matches "10.0.0.5-out": the glob says so.
             ("relay_10.0.0.5-out", "relay_example.com"),
             ("10.0.0.5_42", "example.com_42"),
+            # The "10." of "10.*" overlaps ".corp.example.com": both are seen.
+            ("queue.a10.corp.example.com42", "example.com42"),
         ):
             self.assertEqual(self.RULES._text(text), expected, text)
         block = recipient(
@@ -699,7 +740,11 @@ def _leaky_part(draw: st.DrawFn) -> tuple[TrackingStatus, list[str]]:
         st.lists(
             st.builds(
                 RecipientStatus,
-                final_recipient=st.builds("rfc822; user@{}".format, name),
+                final_recipient=st.one_of(
+                    st.builds("rfc822; user@{}".format, name),
+                    # Re-review item 3: a percent-hack hop.
+                    st.builds("rfc822; user%{}@example.net".format, name),
+                ),
                 action=st.sampled_from(list(Action)),
                 status=st.builds("4.4.1 ({})".format, text),
                 original_recipient=st.builds("rfc822; Other@{}".format, name),
@@ -735,6 +780,8 @@ _BEFORE = ["", "@", "Q1@", "id=Q1@", "host=", "/", "=", "[", "(", "<", "<u@", '"
 _BEFORE += [".", "..", "x/", "a.b=", "queued as ABC@", "-"]
 # Re-review item 1: text glued on before and after, label-bounded.
 _BEFORE += ["queue.", "spool-", "q_", "(x-"]
+# Re-review item 3: a percent-hack hop ("<jdoe%mx7.corp.example.com@x>").
+_BEFORE += ["%", "jdoe%", "<a%b%"]
 _AFTER = ["", "@x", "@", "/", "=", "]", ")", ">", '"', "'", ",", ".", "..", ":25", "/x@y"]
 _AFTER += ["=q", "@mx.example.net", "-"]
 _AFTER += ["_backup", "-relay", ".Retry", "42", "42_x", ".Retry:25"]
@@ -811,12 +858,21 @@ class RewritePropertyTests(SynchronousTestCase):
             self.assertIs(out, ts)
 
     @settings(max_examples=300, deadline=None)
-    @given(st.lists(_punctuated_text(), min_size=1, max_size=6))
-    def test_no_matched_token_left_in_free_text(self, texts: list[str]) -> None:
-        """Review M1: no token a rule matches survives in any free-text field, "@" or not."""
+    @given(st.lists(_punctuated_text(), min_size=1, max_size=6), _SECRET, _SECRET)
+    def test_no_matched_token_left_in_free_text(
+        self, texts: list[str], hop: str, domain: str
+    ) -> None:
+        """Review M1: no token a rule matches survives in any free-text field, "@" or not.
+
+        Nor a percent-hack hop in a recipient field (re-review item 3), where
+        the domain, without ``addresses``, stays.
+        """
         it = iter(texts * 6)
+        address = f"rfc822; <jdoe%{hop}@{domain}>"
         ts = part(
             recipient(
+                final_recipient=address,
+                original_recipient=address,
                 status="4.4.1 (" + next(it) + ")",
                 diagnostic_code="smtp; " + next(it),
                 remote_mta="x-local; " + next(it),
@@ -826,6 +882,8 @@ class RewritePropertyTests(SynchronousTestCase):
             extensions=(("X-Queue", next(it)),),
         )
         out = _FREE_TEXT_RULES.part(ts)
+        self.assertEqual(out.recipients[0].final_recipient, f"rfc822; <jdoe%example.com@{domain}>")
+        self.assertEqual(out.recipients[0].original_recipient, out.recipients[0].final_recipient)
         for value in _free_text_values(out):
             self.assertNotIn("corp.example.com", value.lower(), value)
             self.assertNotIn(".arpa", value.lower(), value)
