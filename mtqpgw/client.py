@@ -163,59 +163,6 @@ class MTQPClientProtocol(LineReceiver):
 
     # -- lines -------------------------------------------------------------
 
-    def dataReceived(self, data: bytes) -> Any:
-        # A session ready for commands gets whole "+OK+" answers, usually in
-        # one read: they are parsed at once (wire.ResponseParser.whole)
-        # rather than split and fed line by line, which cost the gateway
-        # some 25 us per inner answer.  What is left (single-line answers,
-        # part of an answer, anything whole() declines) goes through
-        # LineReceiver as before.
-        transport = self.transport
-        if (
-            self._phase is _Phase.READY
-            and not self._busyReceiving
-            and not self.paused
-            and not (transport is not None and transport.disconnecting)
-        ):
-            self._buffer += data
-            data = b""
-            self._busyReceiving = True
-            try:
-                if self._whole_responses():
-                    # As LineReceiver: no more lines after an answer whose
-                    # handling closed the connection.
-                    return None
-            finally:
-                self._busyReceiving = False
-        return super().dataReceived(data)
-
-    def _whole_responses(self) -> bool:
-        """Hand on the whole answers at the start of the buffer; True if one closed the connection."""
-        buffer = self._buffer
-        while (
-            buffer.startswith(b"+OK+")
-            and self._phase is _Phase.READY
-            and not self.paused
-            and not self._parser.in_progress
-        ):
-            eol = buffer.find(b"\r\n")
-            if eol < 0:
-                return False
-            # Dot-stuffing makes "\r\n.\r\n" the end of the answer and
-            # nothing else; from the status line's own CRLF, so that an
-            # answer with no data lines is found too.
-            end = buffer.find(b"\r\n.\r\n", eol)
-            if end < 0:
-                return False
-            response = self._parser.whole(buffer[:end].split(b"\r\n"))
-            if response is None:
-                return False
-            self._buffer = buffer = buffer[end + 5 :]
-            self._response(response)
-            if self.transport is not None and self.transport.disconnecting:
-                return True
-        return False
-
     def lineLengthExceeded(self, line: bytes) -> None:
         self._abort(ClientError("the server sent a line longer than 998 octets"))
 

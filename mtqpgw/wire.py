@@ -297,50 +297,6 @@ class ResponseParser:
         self._octets = 0
         return ResponseError(message)
 
-    def whole(self, lines: Sequence[bytes]) -> Response | None:
-        """A complete ``+OK+`` response at once, or None to have it fed line by line instead.
-
-        ``lines`` are its status line and data lines, split on CRLF, without
-        the ``.`` line.  Feeding an inner host's answer one line at a time
-        (a Python call and half a dozen tests per line) was a tenth of the
-        gateway's time per TRACK; here the same checks run as C-level passes
-        over all lines.  Only an answer that `feed` would take without
-        complaint is taken: anything else (another indicator, a line too
-        long, a bare CR or LF, past a cap, a response already open) gives
-        None and leaves the parser as it was, so that `feed` reaches the
-        same result and raises the same error, in the same order.
-        """
-        if self._status is not None or not lines:
-            return None
-        status_line = lines[0]
-        if len(status_line) > MAX_LINE:
-            return None
-        try:
-            indicator, reasons, text = parse_status_line(status_line)
-        except ResponseError:
-            return None
-        if indicator is not Indicator.OK_MULTI:
-            return None
-        data = lines[1:]
-        if b"." in data:
-            return None  # feed would end the response at that line
-        # feed counts each line with its CRLF and fails at the first line
-        # past a cap; the totals are past the caps exactly when one is.
-        if len(data) > self.max_lines:
-            return None
-        if sum(map(len, lines)) + 2 * len(lines) > self.max_octets:
-            return None
-        if data:
-            joined = b"\n".join(data)
-            if joined.count(b"\n") != len(data) - 1 or b"\r" in joined:
-                return None  # a bare CR or LF inside a line
-            if max(map(len, data)) > MAX_LINE:
-                return None
-            if data[0][:1] == b"." or b"\n." in joined:
-                # RFC 3887 2.3: a leading "." followed by other octets is stripped.
-                data = [line[1:] if line[:1] == b"." else line for line in data]
-        return Response(indicator, reasons, text, tuple(data))
-
     def feed(self, line: bytes) -> Response | None:
         """Take one line (no CRLF); the finished `Response`, or None while one is open."""
         if len(line) > MAX_LINE:
