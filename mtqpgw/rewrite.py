@@ -74,9 +74,12 @@ candidate no rule matches whole may still hold a name with text glued on
 ``queue.mx1.corp.example.com42``): its label-bounded spans are tried, and a
 span a rule matches is replaced, the rest kept (``example.com_backup``); see
 ``Rewriter._spans`` for what a span is and what the search may cost.  A candidate
-longer than 255 characters is no host name and is left alone; that also
-bounds the cost of a rule, but a regular expression with nested repetition
-(``"re:(a+)+b"``) is still the administrator's to avoid.
+longer than 255 characters is no host name and is not matched whole, which
+bounds the cost of a rule, but a name inside it is found by the span search
+(at most 255 characters a span, a fixed budget of spans a token), so a long
+run of text glued around an inner name does not hide it from the rules.  A
+regular expression with nested repetition (``"re:(a+)+b"``) is still the
+administrator's to avoid.
 
 Never rewritten: Original-Envelope-Id (the client's own key), Action, dates,
 field names, and the local parts of Original-Recipient and Final-Recipient
@@ -155,10 +158,17 @@ _MEMO_SIZE = 4096
 # start or end ("mx1.corp.example.com_backup"); see Rewriter._spans.
 _SEPARATORS = frozenset("._-")
 _DOTTED_QUAD = re.compile(r"[0-9]\.[0-9]+\.[0-9]+\.[0-9]")
+# Where a span may start: the start of a token or after a separator.
+_LABEL_START = re.compile(r"(?<![^._-])[^._-]")
+# Where it may end, before a separator or where a letter meets a digit;
+# the end of the token is added by hand, as "\Z" would match at the end
+# of a search's bounds too.
+_LABEL_END = re.compile(r"(?<=[^._-])(?=[._-])|(?<=[0-9])(?=[A-Za-z])|(?<=[A-Za-z])(?=[0-9])")
+_DOTTED_QUAD_TAIL = re.compile(r"(?<![0-9])[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\Z")
 # What one token may cost in Rewriter._spans: spans looked at, and spans
 # matched against the rules (each a fullmatch on at most _MAX_NAME
 # characters).  A real name with text glued on needs a handful.
-_SPAN_PAIRS = 2048
+_SPAN_PAIRS = 1024
 _SPAN_TRIES = 32
 
 
@@ -181,8 +191,10 @@ def _cut_ok(text: str, separator: int) -> bool:
 # (IPv6 in any spelling, IPv4 mapped into or embedded in IPv6, hex forms)
 # any dotted quad (leading zeros), and any reverse-DNS name (nibbles hold no
 # colon, and may hold no dotted quad either; ".arpa" alone costs the search
-# less than "in-addr.arpa" and "ip6.arpa" as two alternatives).
-_ADDRESS_NEEDLES = (":", r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+", r"\.arpa")
+# less than "in-addr.arpa" and "ip6.arpa" as two alternatives).  A dotted
+# quad has octets of at most 3 digits, as _IPV4 reads them: "[0-9]+", tried
+# at every digit of a long run, would cost the run's length each time.
+_ADDRESS_NEEDLES = (":", r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}", r"\.arpa")
 # Glob characters of a rule that may match an address: hex digits, "." and
 # ":" and the wildcards ("10.0.0.*", "2001:db8::*", "*").
 _ADDRESS_GLOB = frozenset("0123456789abcdef.:*?")
@@ -213,6 +225,11 @@ def _needles(rules: Iterable[_Rule]) -> re.Pattern[str] | None:
     return re.compile("|".join(alternatives), re.IGNORECASE | re.ASCII)
 
 
+def _longest_run(rule: _Rule) -> str:
+    """A glob's longest text without ``*`` or ``?``, lower case: any name it matches holds it."""
+    return max(re.split(r"[*?]", match_subject(rule.source).lower()), key=len)
+
+
 def _needle_alternatives(rules: Iterable[_Rule]) -> list[str] | None:
     """The alternatives of ``_needles``: the rules' runs, then address shapes; None for none."""
     runs = set()
@@ -220,7 +237,7 @@ def _needle_alternatives(rules: Iterable[_Rule]) -> list[str] | None:
     for rule in rules:
         if rule.source[:3].lower() == "re:":
             return None
-        run = max(re.split(r"[*?]", match_subject(rule.source).lower()), key=len)
+        run = _longest_run(rule)
         if not run:
             return None
         runs.add(run)
@@ -233,19 +250,6 @@ def _needle_alternatives(rules: Iterable[_Rule]) -> list[str] | None:
         return None
     ordered = sorted(runs, key=len, reverse=True)
     return [*map(re.escape, ordered), *sorted(extra)]
-
-
-def _needle_ends(rules: Iterable[_Rule]) -> tuple[re.Pattern[str], ...]:
-    """One pattern per alternative of ``_needles``, each finding where its text ends, overlaps too.
-
-    ``_needles(...).finditer`` does not: in "a10.corp.example.com42" the "10."
-    of a rule "10.*" takes the dot that ".corp.example.com" begins with, and
-    the end of that one, where a span must end, would be missed.
-    """
-    return tuple(
-        re.compile(f"(?=({alternative}))", re.IGNORECASE | re.ASCII)
-        for alternative in _needle_alternatives(rules) or ()
-    )
 
 
 def _is_ip(text: str) -> bool:
@@ -377,8 +381,17 @@ class Rewriter:
     def __init__(self, rules: Iterable[RuleLike] = ()) -> None:
         self._rules = tuple(_compile(rule) for rule in rules)
         self._needles = _needles(self._rules)
-        self._needle_ends = _needle_ends(self._rules)
         self._address_rules = any(_may_match_address(rule) for rule in self._rules)
+        # The texts after which a span may end with no separator, a letter
+        # meeting a digit ("com|42", "arpa|42"): the rules' own text (lower
+        # case) and, for addresses, the reverse-DNS suffix.  Only with
+        # needles: a regular expression has no text to end on.
+        self._glue_after: tuple[str, ...] = ()
+        if self._needles is not None:
+            texts = {_longest_run(rule) for rule in self._rules}
+            if self._address_rules:
+                texts.add(".arpa")
+            self._glue_after = tuple(sorted(texts))
         self._memo: dict[str, str] = {}
 
     def __repr__(self) -> str:
@@ -569,18 +582,20 @@ class Rewriter:
             # "192.168.10.5" is an address of its own.
             rule = self._rule_for(core)
             return piece if rule is None else lead + rule.replace + trail
-        if _LETTER.search(core):
+        whole = _LETTER.search(core) is not None
+        if whole:
             rule = self._rule_for(core)
             if rule is not None:
                 return lead + rule.replace + trail
         elif not _DOTTED_QUAD.search(core):
             return piece  # "550", "5.1.1": no name, and no address glued to anything
-        if len(core) > _MAX_NAME:
-            return piece
-        spans = self._spans(core)
+        # A token longer than a name (255) is never matched whole (see
+        # _rule_for), but it may hold one: its spans, at most 255 long, are
+        # searched like any other's, at a cost _spans bounds.
+        spans = self._spans(core, whole)
         return piece if spans is None else lead + spans + trail
 
-    def _spans(self, core: str) -> str | None:
+    def _spans(self, core: str, whole_tried: bool) -> str | None:
         """``core`` with each label-bounded span that a rule matches replaced; None if none is.
 
         For a name with text glued on (``mx1.corp.example.com_backup``,
@@ -608,51 +623,37 @@ class Rewriter:
         n = len(core)
         low = core.lower()
         needles = self._needles
-        starts = [
-            i
-            for i in range(n)
-            if core[i] not in _SEPARATORS
-            and (i == 0 or (core[i - 1] in _SEPARATORS and _cut_ok(core, i - 1)))
-        ]
-        ends = [
-            i
-            for i in range(n, 0, -1)
-            if core[i - 1] not in _SEPARATORS
-            and (i == n or (core[i] in _SEPARATORS and _cut_ok(core, i)))
-        ]
-        if needles is not None:
-            # Where a rule's text ends, a digit may follow a letter or a
-            # letter a digit without a separator: "com42", "10.0.0.5abc".
-            glued = {
-                end
-                for pattern in self._needle_ends
-                for hit in pattern.finditer(low)
-                if 0 < (end := hit.end(1)) < n
-                and core[end] not in _SEPARATORS
-                and core[end - 1].isdigit() != core[end].isdigit()
-            }
-            if glued:
-                ends = sorted(glued.union(ends), reverse=True)
         pieces: list[str] = []
         done = 0  # core[:done] is in pieces
         pairs = tries = 0
-        hit_start = -1  # start of the first needle at or after the span's start
-        for start in starts:
-            if start < done:
-                continue
+        cursor = 0  # no span starts before it
+        # Starts and ends are found by regular expressions from the cursor
+        # on, not listed for the whole token: only the 255 characters before
+        # a rule's text can start a span of it, and a long token's other
+        # labels cost nothing.
+        while cursor < n:
+            hit_start = -1
             if needles is not None:
-                if hit_start < start:
-                    hit = needles.search(low, start)
-                    if hit is None:
-                        break  # no rule's text in the rest: nothing to hide
-                    hit_start = hit.start()
-                if hit_start - start >= _MAX_NAME:
-                    continue  # no span from here reaches a rule's text
-            for end in ends:
-                if end <= start or end <= hit_start:
-                    break  # ends are in decreasing order
-                if end - start > _MAX_NAME or (start == 0 and end == n):
-                    continue  # too long for a name; tried whole already
+                hit = needles.search(low, cursor)
+                if hit is None:
+                    break  # no rule's text in the rest: nothing to hide
+                hit_start = hit.start()
+                cursor = max(cursor, hit_start - _MAX_NAME + 1)
+            found = _LABEL_START.search(core, cursor)
+            if found is None or (needles is not None and found.start() > hit_start):
+                if found is None:
+                    break
+                cursor = found.start()  # past that rule's text: look for the next
+                continue
+            start = found.start()
+            cursor = start + 1
+            if start > 0 and not _cut_ok(core, start - 1):
+                continue
+            pairs += 1
+            ends = self._ends(core, low, max(start, hit_start) + 1, min(n, start + _MAX_NAME))
+            for end in reversed(ends):
+                if whole_tried and start == 0 and end == n:
+                    continue
                 pairs += 1
                 if pairs > _SPAN_PAIRS or tries >= _SPAN_TRIES:
                     return self._fail_closed(core, pieces, done)
@@ -662,12 +663,45 @@ class Rewriter:
                 rule = self._rule_for(core[start:end])
                 if rule is not None:
                     pieces += (core[done:start], rule.replace)
-                    done = end
+                    done = cursor = end
                     break
+            if pairs > _SPAN_PAIRS:
+                return self._fail_closed(core, pieces, done)
         if not pieces:
             return None
         pieces.append(core[done:])
         return "".join(pieces)
+
+    def _ends(self, core: str, low: str, first: int, last: int) -> list[int]:
+        """Where a span may end, from ``first`` to ``last`` (both included), in ascending order."""
+        ends = []
+        for found in _LABEL_END.finditer(core, first, last + 1):
+            end = found.start()
+            if core[end] in _SEPARATORS:
+                if _cut_ok(core, end):
+                    ends.append(end)
+            elif self._glued_end(core, low, end):
+                ends.append(end)
+        if first <= len(core) <= last:
+            ends.append(len(core))
+        return ends
+
+    def _glued_end(self, core: str, low: str, end: int) -> bool:
+        """Whether a span may end inside a label, at ``core[end]``: where a letter meets a digit
+        and a rule's text, or an address, ends.
+
+        "queue.mx1.corp.example.com42", "5.0.0.10.in-addr.arpa42",
+        "host-10.0.0.5abc"; not "mx.example.com|munity", another name.
+        """
+        if core[end - 1].isdigit() == core[end].isdigit():
+            return False
+        if any(low.endswith(text, 0, end) for text in self._glue_after):
+            return True
+        # At most "255.255.255.255" back, so the look costs little.
+        return (
+            self._address_rules
+            and _DOTTED_QUAD_TAIL.search(low, max(0, end - 16), end) is not None
+        )
 
     def _fail_closed(self, core: str, pieces: list[str], done: int) -> str | None:
         """What ``_spans`` gives when its budget runs out: the rest hidden if it holds a rule's text."""
@@ -675,7 +709,10 @@ class Rewriter:
             if not pieces:
                 return None
             return "".join([*pieces, core[done:]])
-        return "".join([*pieces, self._rules[0].replace])
+        # The separator after the last hidden span stays ("example.com_...").
+        rest = core[done:]
+        kept = len(rest) - len(rest.lstrip("._-"))
+        return "".join([*pieces, rest[:kept], self._rules[0].replace])
 
     def _may_fit(self, span: str) -> bool:
         """Whether a rule may match ``span`` (lower case), on its head and tail or its shape."""

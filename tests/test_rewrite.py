@@ -187,17 +187,51 @@ class RuleTests(SynchronousTestCase):
             "from b.example and b.example and b.example",
         )
 
-    def test_long_runs_are_not_names(self) -> None:
+    def test_long_tokens_searched_by_span(self) -> None:
+        """Re-review item 4: a token longer than a name may hold one; its spans are searched.
+
+        Until then a token over 255 characters was left alone (to bound a
+        glob's backtracking), so text glued around an inner name hid it.
+        """
         rw = Rewriter([Rule("*.*.*.corp.example.com", "example.com")])
         long_name = "a." * 120 + "corp.example.com"
+        # Not a host name: never matched whole.
         self.assertEqual(rw.host(long_name), long_name)
         self.assertEqual(rw.host("a.b.c.corp.example.com"), "example.com")
-        # Many stars against a long run would backtrack for ages without the
-        # length cap; this finishes at once.
+        # The longest span a name may be (255) is hidden; the rest is kept.
+        self.assertEqual(rw._text(long_name), "a.example.com")
+        # Many stars against a long run would backtrack for ages were the
+        # whole run tried; spans are at most 255 long, and few are tried.
         text = "smtp; " + "a." * 20000 + "corp.example.com"
+        out = rw.part(part(recipient(diagnostic_code=text)))
         self.assertEqual(
-            rw.part(part(recipient(diagnostic_code=text))).recipients[0].diagnostic_code, text
+            out.recipients[0].diagnostic_code, "smtp; " + "a." * (20000 - 119) + "example.com"
         )
+        self.assertEqual(rw.part(out), out)
+        hide = Rewriter([Rule("*.corp.example.com", "example.com"), Rule("10.*", "example.com")])
+        for text, expected in (
+            ("a_" * 5000 + "mx1.corp.example.com_backup", "a_" * 4883 + "example.com_backup"),
+            ("mx1.corp.example.com" + "-x" * 5000, "example.com" + "-x" * 5000),
+            ("q" * 300 + "-10.0.0.5", "q" * 300 + "-example.com"),
+            ("x" * 300 + ".5.0.0.10.in-addr.arpa42", "x" * 300 + ".example.com42"),
+        ):
+            self.assertEqual(hide._text(f"at {text} now"), f"at {expected} now")
+            self.assertEqual(hide._text(expected), expected)
+
+    def test_long_hostile_token_costs_bounded_work(self) -> None:
+        from mtqpgw import rewrite
+
+        rw = Rewriter([Rule("mx?.corp.example.com", "a.example")])
+        looked = []
+        rule_for = rw._rule_for
+        rw._rule_for = lambda name: looked.append(name) or rule_for(name)  # type: ignore[method-assign]
+        token = "mxxx.corp.example.com_" * 500  # 11 KB of near misses
+        self.assertEqual(rw._text(f"x {token} y"), "x a.example y")  # fail closed
+        self.assertLessEqual(len(looked), rewrite._SPAN_TRIES + 1)
+        # No rule's text in it: no span is even looked at.
+        looked.clear()
+        self.assertEqual(rw._text("a_" * 5000), "a_" * 5000)
+        self.assertEqual(looked, [])
 
     def test_bad_rules_refused(self) -> None:
         for bad in (
@@ -496,7 +530,7 @@ class GluedNameTests(SynchronousTestCase):
             ("host-10.0.0.5", "host-example.com"),
             # "10.*" matches "10.0.0.5-out": the glob says so.
             ("relay_10.0.0.5-out", "relay_example.com"),
-            ("10.0.0.5_42", "example.com_42"),
+            ("10.0.0.5_42", "example.com"),  # "10.*" matches it whole
             # The "10." of "10.*" overlaps ".corp.example.com": both are seen.
             ("queue.a10.corp.example.com42", "example.com42"),
         ):
@@ -782,6 +816,8 @@ _BEFORE += [".", "..", "x/", "a.b=", "queued as ABC@", "-"]
 _BEFORE += ["queue.", "spool-", "q_", "(x-"]
 # Re-review item 3: a percent-hack hop ("<jdoe%mx7.corp.example.com@x>").
 _BEFORE += ["%", "jdoe%", "<a%b%"]
+# Re-review item 4: a token longer than any name around it.
+_BEFORE += ["q" * 250 + "-", "a_" * 200]
 _AFTER = ["", "@x", "@", "/", "=", "]", ")", ">", '"', "'", ",", ".", "..", ":25", "/x@y"]
 _AFTER += ["=q", "@mx.example.net", "-"]
 _AFTER += ["_backup", "-relay", ".Retry", "42", "42_x", ".Retry:25"]
