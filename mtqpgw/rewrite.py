@@ -618,7 +618,9 @@ class Rewriter:
         them matched against the rules.  A token that uses up either budget
         while it still holds a rule's text is hidden whole (fail closed: a
         hostile token must not buy a leak with its length); with regular
-        expressions, which have no text to look for, the search just stops.
+        expressions, which have no text to look for, the search just stops,
+        so a name far into a long token may survive a ``re:`` rule (and
+        ``com|42`` is no end for one): globs are the rules to hide with.
         """
         n = len(core)
         low = core.lower()
