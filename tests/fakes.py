@@ -190,29 +190,38 @@ class EndlessBodyServer(FakeMTQPServer):
 
     A push producer, so the server's own memory stays flat: it writes a chunk
     per reactor turn while the transport wants more, and stops when paused.
+    Subclasses change ``HEAD``, ``CHUNK`` and ``TOTAL`` (octets in all; None:
+    no end) and may hook ``streaming_started``.
     """
 
-    _CHUNK = b"X-Filler: " + b"x" * 80 + b"\r\n"
+    HEAD = (
+        b"+OK+ Tracking information follows\r\n"
+        b'Content-Type: multipart/related; boundary="b"; type="message/tracking-status"\r\n'
+        b"\r\n--b\r\nContent-Type: message/tracking-status\r\n\r\n"
+    )
+    CHUNK = (b"X-Filler: " + b"x" * 80 + b"\r\n") * 512
+    TOTAL: int | None = None
     _call: Any = None
     _paused = False
     _stopped = False
 
     def track(self, line: bytes) -> None:
-        self.transport.write(
-            b"+OK+ Tracking information follows\r\n"
-            b'Content-Type: multipart/related; boundary="b"; type="message/tracking-status"\r\n'
-            b"\r\n--b\r\nContent-Type: message/tracking-status\r\n\r\n"
-        )
+        self.transport.write(self.HEAD)
         self.transport.registerProducer(self, True)
+        self.streaming_started()
         self._pump()
+
+    def streaming_started(self) -> None:
+        """Called once the head is written and streaming begins."""
 
     def _pump(self) -> None:
         self._call = None
         if self._paused or self._stopped:
             return
-        chunk = self._CHUNK * 512
-        self.transport.write(chunk)
-        self.factory.octets_sent += len(chunk)
+        if self.TOTAL is not None and self.factory.octets_sent >= self.TOTAL:
+            return
+        self.transport.write(self.CHUNK)
+        self.factory.octets_sent += len(self.CHUNK)
         self._call = self.clock.callLater(0, self._pump)
 
     def pauseProducing(self) -> None:

@@ -34,13 +34,12 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet import defer, endpoints, interfaces, protocol, reactor, task
+from twisted.internet import defer, endpoints, protocol, reactor, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from zope.interface import implementer
 
 from mtqpgw import client, wire
 from mtqpgw import server as server_module
@@ -964,16 +963,15 @@ class GuessingTests(SocketTestCase):
 # --- inner-host faults through the gateway -----------------------------------
 
 
-@implementer(interfaces.IPushProducer)
-class FiftyMegabyteServer(fakes.FakeMTQPServer):
+class FiftyMegabyteServer(fakes.EndlessBodyServer):
     """``+OK+`` and 50 MB of plausible tracking-status lines, never the closing ``.``.
 
-    A push producer: it writes one 64 KiB chunk (the same one each time, so
-    the test holds no 50 MB) per reactor turn while the gateway reads.
+    It writes one 64 KiB chunk (the same one each time, so the test holds no
+    50 MB) per reactor turn while the gateway reads.
     """
 
     TOTAL = 50 * 1024 * 1024
-    _HEAD = (
+    HEAD = (
         b"+OK+ Tracking information follows\r\n"
         b'Content-Type: multipart/related; boundary="b"; type="message/tracking-status"\r\n'
         b"\r\n--b\r\nContent-Type: message/tracking-status\r\n\r\n"
@@ -986,41 +984,10 @@ class FiftyMegabyteServer(fakes.FakeMTQPServer):
         b"Action: delivered\r\nStatus: 2.5.0\r\n"
         b"Diagnostic-Code: smtp; 250 2.0.0 Ok: queued as " + b"Q" * 700 + b"\r\n\r\n"
     )
-    _CHUNK = _BLOCK * (65536 // len(_BLOCK))
-    _call: Any = None
-    _paused = False
-    _stopped = False
+    CHUNK = _BLOCK * (65536 // len(_BLOCK))
 
-    def track(self, line: bytes) -> None:
-        self.transport.write(self._HEAD)
-        self.transport.registerProducer(self, True)
+    def streaming_started(self) -> None:
         self.factory.streaming.callback(None)
-        self._pump()
-
-    def _pump(self) -> None:
-        self._call = None
-        if self._paused or self._stopped or self.factory.octets_sent >= self.TOTAL:
-            return
-        self.transport.write(self._CHUNK)
-        self.factory.octets_sent += len(self._CHUNK)
-        self._call = self.clock.callLater(0, self._pump)
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        if self._call is None:
-            self._pump()
-
-    def stopProducing(self) -> None:
-        self._stopped = True
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        self._stopped = True
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        super().connectionLost(reason)
 
 
 # Each misbehaving inner host: name -> fake server class and options.
