@@ -121,9 +121,6 @@ class ServedCertificate:
     sha256: str
     options: CertificateOptions
 
-    def matches_exactly(self, domain: str) -> bool:
-        return domain in self.names
-
     def matches_wildcard(self, service_id: DNS_ID) -> bool:
         return any(
             "*" in name and service_id.verify(DNSPattern.from_bytes(name.encode("ascii")))
