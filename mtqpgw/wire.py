@@ -286,6 +286,11 @@ class ResponseParser:
         self._lines: list[bytes] = []
         self._octets = 0
 
+    @property
+    def in_progress(self) -> bool:
+        """True between the status line of a ``+OK+`` response and its ``.`` line."""
+        return self._status is not None
+
     def _fail(self, message: str) -> ResponseError:
         self._status = None
         self._lines = []
