@@ -154,7 +154,7 @@ class Bench:
             "--duration",
             str(int(self.settings.profile_seconds)),
             "--rate",
-            "250",
+            "997",
             "--nonblocking",
             "--format",
             "raw",
@@ -179,6 +179,8 @@ class Bench:
         lines: list[list[bytes]],
         window: int,
         require: Sequence[bytes] = (),
+        ceiling_pids: dict[str, int] | None = None,
+        our_pids: dict[str, int] | None = None,
     ) -> tuple[loadgen.LoadResult, loadgen.LoadResult]:
         """The best of ``rounds`` runs of the same load on the ceiling and on ours, alternated.
 
@@ -192,13 +194,29 @@ class Bench:
         asyncio.run(loadgen.closed_loop(our_port, warm, window, True, require))
         ceilings, ours = [], []
         for _ in range(self.settings.rounds):
-            ceilings.append(asyncio.run(loadgen.closed_loop(ceiling_port, lines, window, False)))
-            ours.append(asyncio.run(loadgen.closed_loop(our_port, lines, window, True, require)))
+            ceilings.append(
+                _with_cpu(
+                    ceiling_pids,
+                    lambda: asyncio.run(loadgen.closed_loop(ceiling_port, lines, window, False)),
+                )
+            )
+            ours.append(
+                _with_cpu(
+                    our_pids,
+                    lambda: asyncio.run(
+                        loadgen.closed_loop(our_port, lines, window, True, require)
+                    ),
+                )
+            )
         best = (max(ceilings, key=lambda r: r.rate), max(ours, key=lambda r: r.rate))
         rounds = ", ".join(
             f"{c.rate:,.0f}/{o.rate:,.0f}" for c, o in zip(ceilings, ours, strict=True)
         )
         print(f"  rounds (ceiling/ours TRACK/s): {rounds}", flush=True)
+        for what, results in (("ceiling", ceilings), ("ours", ours)):
+            if results[0].cpu_us:
+                per_round = "; ".join(_cpu_text(r.cpu_us) for r in results)
+                print(f"  CPU per TRACK ({what}, each round): {per_round}", flush=True)
         return best
 
     @staticmethod
@@ -216,10 +234,17 @@ class Bench:
         store = storegen.cached_store("plain", s.messages)
         lines = self._sample_lines(s.messages, s.tracks, seed=1)
         with Children(self.workdir) as children:
-            _, raw_port = self.start_raw(children, "raw_server.py", "raw-server")
+            raw, raw_port = self.start_raw(children, "raw_server.py", "raw-server")
             proc, port = self.start_daemon(children, "server", store)
             spy = self.profile(children, "server", proc.pid)
-            ceiling, ours = self._compare(raw_port, port, lines, s.window)
+            ceiling, ours = self._compare(
+                raw_port,
+                port,
+                lines,
+                s.window,
+                ceiling_pids={"raw_server": raw.pid},
+                our_pids={"server": proc.pid},
+            )
             if spy is not None:
                 spy.wait(s.profile_seconds + 30)
         self._must_be_positive(ceiling, "raw_server")
@@ -248,17 +273,21 @@ class Bench:
             storegen.cached_store("inner-b", n),
         )
 
-    def _start_gateway(self, children: Children) -> tuple[int, int, int, subprocess.Popen[bytes]]:
+    def _start_gateway(
+        self, children: Children
+    ) -> tuple[int, int, int, subprocess.Popen[bytes], dict[str, int]]:
+        """Two inner servers and a gateway in front: ports, the gateway, every pid by role."""
         gateway_store, store_a, store_b = self._gateway_stores()
-        _, port_a = self.start_daemon(children, common.INNER_NAMES[0], store_a)
-        _, port_b = self.start_daemon(children, common.INNER_NAMES[1], store_b)
+        inner_a, port_a = self.start_daemon(children, common.INNER_NAMES[0], store_a)
+        inner_b, port_b = self.start_daemon(children, common.INNER_NAMES[1], store_b)
         proc, port = self.start_daemon(
             children,
             "gateway.bench.test",
             gateway_store,
             chain=[(common.INNER_NAMES[0], port_a), (common.INNER_NAMES[1], port_b)],
         )
-        return port, port_a, port_b, proc
+        pids = {"gateway": proc.pid, "inner-a": inner_a.pid, "inner-b": inner_b.pid}
+        return port, port_a, port_b, proc, pids
 
     # Every gateway answer must hold a part from each inner host.
     _INNER_PARTS = tuple(f"Reporting-MTA: dns; {name}".encode() for name in common.INNER_NAMES)
@@ -267,12 +296,20 @@ class Bench:
         s = self.settings
         lines = self._sample_lines(s.gateway_messages, s.gateway_tracks, seed=2)
         with Children(self.workdir) as children:
-            _, up_a = self.start_raw(children, "raw_server.py", "raw-inner-a")
-            _, up_b = self.start_raw(children, "raw_server.py", "raw-inner-b")
-            _, raw_port = self.start_raw(children, "raw_relay.py", "raw-relay", up_a, up_b)
-            port, _, _, proc = self._start_gateway(children)
+            raw_a, up_a = self.start_raw(children, "raw_server.py", "raw-inner-a")
+            raw_b, up_b = self.start_raw(children, "raw_server.py", "raw-inner-b")
+            relay, raw_port = self.start_raw(children, "raw_relay.py", "raw-relay", up_a, up_b)
+            port, _, _, proc, pids = self._start_gateway(children)
             spy = self.profile(children, "gateway", proc.pid)
-            ceiling, ours = self._compare(raw_port, port, lines, 1, self._INNER_PARTS)
+            ceiling, ours = self._compare(
+                raw_port,
+                port,
+                lines,
+                1,
+                self._INNER_PARTS,
+                ceiling_pids={"raw_relay": relay.pid, "inner-a": raw_a.pid, "inner-b": raw_b.pid},
+                our_pids=pids,
+            )
             if spy is not None:
                 spy.wait(s.profile_seconds + 30)
         self._must_be_positive(ceiling, "raw_relay")
@@ -296,7 +333,7 @@ class Bench:
         s = self.settings
         messages = s.gateway_messages
         with Children(self.workdir) as children:
-            port, port_a, port_b, _ = self._start_gateway(children)
+            port, port_a, port_b, _, _ = self._start_gateway(children)
             inner_ports = (port_a, port_b)
             time_wait_before = common.time_wait_count(inner_ports)
             seen: set[tuple[str, str]] = set()
@@ -571,3 +608,23 @@ def _result_dict(result: loadgen.LoadResult) -> dict[str, Any]:
     data["p50_ms"] = result.p(0.5) * 1e3
     data["p99_ms"] = result.p(0.99) * 1e3
     return data
+
+
+def _with_cpu(
+    pids: dict[str, int] | None, run: Callable[[], loadgen.LoadResult]
+) -> loadgen.LoadResult:
+    """``run()``, with the CPU time each of ``pids`` spent during it, in us per TRACK.
+
+    CPU time per TRACK moves much less than TRACK/s on a shared machine:
+    it does not count the time a process waited for a CPU.
+    """
+    before = {name: common.cpu_seconds(pid) for name, pid in (pids or {}).items()}
+    result = run()
+    for name, pid in (pids or {}).items():
+        spent = common.cpu_seconds(pid) - before[name]
+        result.cpu_us[name] = spent * 1e6 / result.ok if result.ok else 0.0
+    return result
+
+
+def _cpu_text(cpu_us: dict[str, float]) -> str:
+    return ", ".join(f"{name} {us:.0f} us" for name, us in cpu_us.items())

@@ -107,6 +107,8 @@ class LoadResult:
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
     sample_failure: bytes = b""
+    # CPU time per positive answer of the processes serving the load, by name (us).
+    cpu_us: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:

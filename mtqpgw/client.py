@@ -22,7 +22,6 @@ from typing import Any
 
 from twisted.internet import defer, error, interfaces, protocol
 from twisted.logger import Logger
-from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -90,18 +89,13 @@ class _Phase(enum.Enum):
 
 
 @implementer(interfaces.IHandshakeListener)
-class MTQPClientProtocol(LineReceiver):
+class MTQPClientProtocol(protocol.Protocol):
     """One client session: greeting, optional STARTTLS, then any number of commands.
 
     ``ready`` fires with L{ServerInfo} once the session can take commands.
     ``track()`` may be called many times (answers come in order), so a pool
     can keep one session for many queries.
     """
-
-    delimiter = b"\r\n"
-    # A response line may be 998 octets before CRLF; one more octet of slack
-    # is not needed, so a longer line is a protocol violation.
-    MAX_LENGTH = wire.MAX_LINE
 
     def __init__(
         self,
@@ -116,8 +110,8 @@ class MTQPClientProtocol(LineReceiver):
         self.tls_context = tls_context
         if self.tls_mode is not TLSMode.OFF and (tls_name is None or tls_context is None):
             raise ValueError("TLS needs the server's name and a client context")
-        self._parser = wire.ResponseParser(max_lines=max_lines, max_octets=max_octets)
         self._max_lines, self._max_octets = max_lines, max_octets
+        self._new_parser()
         self._phase = _Phase.GREETING
         self._waiting: deque[defer.Deferred[wire.Response]] = deque()
         self.ready: defer.Deferred[ServerInfo] = defer.Deferred(self._cancel_ready)
@@ -163,19 +157,26 @@ class MTQPClientProtocol(LineReceiver):
 
     # -- lines -------------------------------------------------------------
 
-    def lineLengthExceeded(self, line: bytes) -> None:
-        self._abort(ClientError("the server sent a line longer than 998 octets"))
-
-    def lineReceived(self, line: bytes) -> None:
+    def dataReceived(self, data: bytes) -> None:
+        # The parser cuts whole responses out of the buffer (a line longer
+        # than 998 octets is refused there, as soon as it is seen).
         if self._phase in (_Phase.HANDSHAKE, _Phase.CLOSED):
             return
-        try:
-            response = self._parser.feed(line)
-        except wire.ResponseError as e:
-            self._abort(ClientError(f"the server sent a malformed response: {e}"))
-            return
-        if response is not None:
+        parser = self._parser
+        parser.receive(data)
+        while True:
+            try:
+                response = parser.next_response()
+            except wire.ResponseError as e:
+                self._abort(ClientError(f"the server sent a malformed response: {e}"))
+                return
+            if response is None:
+                return
             self._response(response)
+            # After STARTTLS's +OK the rest is not ours (a new parser has
+            # taken over); after an abort nothing is.
+            if self._phase in (_Phase.HANDSHAKE, _Phase.CLOSED) or self._parser is not parser:
+                return
 
     def _response(self, response: wire.Response) -> None:
         if self._phase is _Phase.GREETING:
@@ -261,16 +262,18 @@ class MTQPClientProtocol(LineReceiver):
             return
         # Bytes the server sent after its +OK and before the handshake are
         # not part of the TLS session: drop them (response injection).
-        self.clearLineBuffer()
-        self._parser = wire.ResponseParser(max_lines=self._max_lines, max_octets=self._max_octets)
+        self._new_parser()
         self._phase = _Phase.HANDSHAKE
         self.transport.startTLS(self.tls_context)
+
+    def _new_parser(self) -> None:
+        self._parser = wire.ResponseParser(max_lines=self._max_lines, max_octets=self._max_octets)
 
     def handshakeCompleted(self) -> None:
         if self._phase is not _Phase.HANDSHAKE:
             return
         # RFC 3887 6.2: forget what was learnt in the clear; a new greeting comes.
-        self.clearLineBuffer()
+        self._new_parser()
         self.info = None
         self._phase = _Phase.GREETING
 

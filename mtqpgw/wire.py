@@ -2,10 +2,11 @@
 """The MTQP wire format (RFC 3887): command lines, status lines and dot-stuffed responses.
 
 Sans-I/O, in the manner of h11: nothing here touches a socket, a clock or a
-file.  The Twisted shells split the stream on CRLF and hand single lines
-(without the CRLF) to `parse_command` (server) or `ResponseParser.feed`
-(client); what goes back on the wire comes from `Response.to_bytes` and the
-``*_line`` builders.  Values are frozen dataclasses checked when they are
+file.  The server's shell splits the stream on CRLF and hands single lines
+(without the CRLF) to `parse_command`; the client's hands the octets it
+receives to `ResponseParser.receive` and takes whole responses from
+`ResponseParser.next_response`.  What goes back on the wire comes from
+`Response.to_bytes` and the ``*_line`` builders.  Values are frozen dataclasses checked when they are
 made, so an invalid command or response cannot exist and cannot be sent.
 
 The grammar is RFC 3887 section 12; each regular expression below carries the
@@ -262,19 +263,29 @@ def parse_status_line(line: bytes) -> tuple[Indicator, tuple[str, ...], str]:
 
 
 class ResponseParser:
-    """Turns the lines of a response stream back into `Response` values, one line at a time.
+    """Turns a response stream back into `Response` values.
 
-    Feed each line without its CRLF; `feed` returns the `Response` once it
-    is complete (at once for a single-line status, at the ``.`` line for
-    ``+OK+``) and None while a ``+OK+`` response is still coming.  After a
-    complete response the parser waits for the next status line, so a
-    greeting and pipelined answers can be fed through one parser.
+    Two ways in, one state: `receive` takes octets as they come off the
+    connection and `next_response` hands out each response once it is
+    complete (a shell loops on it until it returns None); `feed` takes one
+    line without its CRLF and returns the `Response` it completes, or None
+    while a ``+OK+`` response is still coming.  After a complete response
+    the parser waits for the next status line, so a greeting and pipelined
+    answers go through one parser.
+
+    A ``+OK+`` response that is already whole in the buffer is cut out with
+    one search for CRLF "." CRLF and one split, not a step per line: a
+    gateway reads two answers per TRACK.  While one is incomplete, each
+    newly completed line is checked as it arrives, so a bad or oversized
+    line is refused when it comes, not when the response ends.
 
     ``max_lines`` caps the data lines of one response and ``max_octets``
     the octets it takes on the wire: status and data lines with their
-    CRLFs (the ``.`` line, which is not kept, is not counted).
-    After a `ResponseError` the stream is out of step and the connection
-    should be dropped; the parser itself starts over at a status line.
+    CRLFs (the ``.`` line, which is not kept, is not counted).  What is
+    buffered never exceeds those caps by more than one line.  After a
+    `ResponseError` the stream is out of step and the connection should be
+    dropped; the parser itself forgets what it held and starts over at a
+    status line.
     """
 
     def __init__(self, max_lines: int = 100_000, max_octets: int = 16 * 1024 * 1024) -> None:
@@ -282,9 +293,14 @@ class ResponseParser:
             raise ValueError("the caps must not be negative")
         self.max_lines = max_lines
         self.max_octets = max_octets
+        self._buffer = bytearray()
+        # The status line of the +OK+ response whose data lines are coming.
         self._status: tuple[Indicator, tuple[str, ...], str] | None = None
-        self._lines: list[bytes] = []
-        self._octets = 0
+        # For that response: octets of its status line, how far into the
+        # buffer its data lines have been checked, and how many there were.
+        self._status_octets = 0
+        self._checked = 0
+        self._lines_seen = 0
 
     @property
     def in_progress(self) -> bool:
@@ -292,43 +308,108 @@ class ResponseParser:
         return self._status is not None
 
     def _fail(self, message: str) -> ResponseError:
+        self._buffer.clear()
         self._status = None
-        self._lines = []
-        self._octets = 0
         return ResponseError(message)
+
+    def receive(self, data: bytes) -> None:
+        """Take octets from the stream; collect the responses with `next_response`."""
+        self._buffer += data
+
+    def next_response(self) -> Response | None:
+        """The next complete response, or None until more octets arrive.
+
+        Raises `ResponseError` for anything that is not a valid response or
+        that exceeds a cap.
+        """
+        if self._status is None:
+            return self._status_line()
+        return self._data_lines()
 
     def feed(self, line: bytes) -> Response | None:
         """Take one line (no CRLF); the finished `Response`, or None while one is open."""
-        if len(line) > MAX_LINE:
-            raise self._fail("a response line is longer than 998 octets")
-        if self._status is None:
-            indicator, reasons, text = parse_status_line(line)
-            if indicator is not Indicator.OK_MULTI:
-                return Response(indicator, reasons, text)
-            self._status = (indicator, reasons, text)
-            self._octets = len(line) + 2
-            if self._octets > self.max_octets:
-                raise self._fail("the response is larger than the octet cap")
-            return None
-        if line == b".":
-            indicator, reasons, text = self._status
-            lines = tuple(self._lines)
-            self._status = None
-            self._lines = []
-            self._octets = 0
-            return Response(indicator, reasons, text, lines)
-        self._octets += len(line) + 2
-        if self._octets > self.max_octets:
-            raise self._fail("the response is larger than the octet cap")
         if b"\r" in line or b"\n" in line:
-            # The shell splits on CRLF, so a bare CR or LF is inside a line:
-            # it was never sent by a correct server and could smuggle a line.
-            raise self._fail("a data line holds a bare CR or LF")
-        if len(self._lines) >= self.max_lines:
+            # A shell that splits on CRLF leaves a bare CR or LF inside a
+            # line: a correct server never sends one, and it could smuggle a line.
+            raise self._fail("a line holds a bare CR or LF")
+        self._buffer += line
+        self._buffer += b"\r\n"
+        return self.next_response()
+
+    def _status_line(self) -> Response | None:
+        buffer = self._buffer
+        end = buffer.find(b"\r\n")
+        if end < 0:
+            # Room for the CR of a CRLF still to come after 998 octets.
+            if len(buffer) > MAX_LINE + (buffer[-1:] == b"\r"):
+                raise self._fail("a response line is longer than 998 octets")
+            return None
+        try:
+            indicator, reasons, text = parse_status_line(bytes(buffer[:end]))
+        except ResponseError as e:
+            raise self._fail(str(e)) from None
+        del buffer[: end + 2]
+        if indicator is not Indicator.OK_MULTI:
+            return Response(indicator, reasons, text)
+        if end + 2 > self.max_octets:
+            raise self._fail("the response is larger than the octet cap")
+        self._status = (indicator, reasons, text)
+        self._status_octets = end + 2
+        self._checked = 0
+        self._lines_seen = 0
+        return self._data_lines()
+
+    def _data_lines(self) -> Response | None:
+        buffer = self._buffer
+        if buffer[:3] == b".\r\n":
+            block, taken = b"", 3
+        else:
+            # The terminator may start up to four octets before what was
+            # checked last time (the CRLF ending the last whole line).
+            end = buffer.find(b"\r\n.\r\n", max(self._checked - 2, 0))
+            if end < 0:
+                self._check_incomplete()
+                return None
+            block, taken = bytes(buffer[:end]), end + 5
+        lines = block.split(b"\r\n") if taken > 3 else []
+        if self._status_octets + len(block) + 2 * (taken > 3) > self.max_octets:
+            raise self._fail("the response is larger than the octet cap")
+        if len(lines) > self.max_lines:
             raise self._fail("the response has more lines than the line cap")
+        if max(map(len, lines), default=0) > MAX_LINE:
+            raise self._fail("a response line is longer than 998 octets")
         # RFC 3887 2.3: a leading "." followed by other octets is stripped.
-        self._lines.append(line[1:] if line[:1] == b"." else line)
-        return None
+        if block[:1] == b"." or b"\r\n." in block:
+            lines = [line[1:] if line[:1] == b"." else line for line in lines]
+        indicator, reasons, text = self._status
+        self._status = None
+        del buffer[:taken]
+        try:
+            # Response refuses a bare CR or LF in a data line, among others.
+            return Response(indicator, reasons, text, tuple(lines))
+        except ValueError as e:
+            raise self._fail(f"a data line is not valid: {e}") from None
+
+    def _check_incomplete(self) -> None:
+        """Check the lines completed since the last call, and the one still open."""
+        buffer = self._buffer
+        last = buffer.rfind(b"\r\n", self._checked)
+        if last >= 0:
+            new = bytes(buffer[self._checked : last])
+            self._checked = last + 2
+            lines = new.split(b"\r\n")
+            self._lines_seen += len(lines)
+            if max(map(len, lines)) > MAX_LINE:
+                raise self._fail("a response line is longer than 998 octets")
+            if self._lines_seen > self.max_lines:
+                raise self._fail("the response has more lines than the line cap")
+            if b"\r" in new.replace(b"\r\n", b"") or b"\n" in new.replace(b"\r\n", b""):
+                raise self._fail("a data line holds a bare CR or LF")
+            if self._status_octets + self._checked > self.max_octets:
+                raise self._fail("the response is larger than the octet cap")
+        tail = len(buffer) - self._checked
+        if tail > MAX_LINE + (buffer[-1:] == b"\r"):
+            raise self._fail("a response line is longer than 998 octets")
 
 
 # ---------------------------------------------------------------------------

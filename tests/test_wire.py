@@ -778,6 +778,128 @@ class RoundTripTests(SynchronousTestCase):
         self.assertEqual(parse_status_line(wire_lines(again)[0]), parsed)
 
 
+def receive_all(parser: ResponseParser, chunks: list[bytes]) -> list[Response]:
+    """Give the parser each chunk as a shell would; every response it completes, in order."""
+    done = []
+    for chunk in chunks:
+        parser.receive(chunk)
+        while (response := parser.next_response()) is not None:
+            done.append(response)
+    return done
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    """``data`` cut at the given offsets (taken modulo its length, in order)."""
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+
+
+class StreamTests(SynchronousTestCase):
+    """`ResponseParser.receive`: octets as they come off a connection, cut anywhere."""
+
+    @FAST
+    @given(
+        st.lists(
+            st.one_of(
+                st.builds(
+                    lambda names, text, lines: Response(
+                        Indicator.OK_MULTI, tuple(names), text, tuple(lines)
+                    ),
+                    reasons,
+                    texts,
+                    st.lists(data_lines(), max_size=12),
+                ),
+                st.builds(
+                    Response,
+                    st.sampled_from([i for i in Indicator if i is not Indicator.OK_MULTI]),
+                    reasons,
+                    texts,
+                ),
+            ),
+            min_size=1,
+            max_size=5,
+        ),
+        st.lists(st.integers(min_value=0), max_size=40),
+    )
+    def test_cut_anywhere_gives_what_lines_give(
+        self, responses: list[Response], cuts: list[int]
+    ) -> None:
+        data = b"".join(r.to_bytes() for r in responses)
+        by_lines = feed_all(ResponseParser(), wire_lines(data))
+        self.assertEqual(by_lines, responses)
+        self.assertEqual(receive_all(ResponseParser(), split_at(data, cuts)), responses)
+        # One octet at a time: every response is found once its "." line ends.
+        self.assertEqual(receive_all(ResponseParser(), [bytes([b]) for b in data]), responses)
+
+    def test_whole_answers_in_one_chunk(self) -> None:
+        parser = ResponseParser()
+        data = seed.EXAMPLES[8].response_bytes() * 3 + b"+OK bye\r\n-ERR/x"
+        got = receive_all(parser, [data])
+        self.assertEqual(len(got), 4)
+        self.assertEqual(got[0].lines, got[2].lines)
+        self.assertIn(b"..Dot-Stuffed-Header", data)
+        self.assertIn(b".Dot-Stuffed-Header", b"\n".join(got[0].lines))
+        self.assertNotIn(b"..Dot-Stuffed-Header", b"\n".join(got[0].lines))
+        self.assertEqual(got[3], Response(Indicator.OK, (), "bye"))
+        # The unfinished status line waits for its CRLF.
+        self.assertIsNone(parser.next_response())
+        self.assertEqual(receive_all(parser, [b"\r\n"]), [Response(Indicator.ERR, ("x",))])
+
+    def test_empty_and_blank_bodies(self) -> None:
+        got = receive_all(ResponseParser(), [b"+OK+\r\n.\r\n+OK+\r\n\r\n.\r\n"])
+        self.assertEqual([r.lines for r in got], [(), (b"",)])
+
+    def test_a_long_line_is_refused_before_its_crlf(self) -> None:
+        for prefix in (b"", b"+OK+\r\n", b"+OK+\r\nfirst\r\n"):
+            parser = ResponseParser()
+            parser.receive(prefix + b"x" * 998)
+            self.assertIsNone(parser.next_response())
+            parser.receive(b"\r")  # may still be the end of a 998-octet line
+            self.assertIsNone(parser.next_response())
+            parser = ResponseParser()
+            parser.receive(prefix + b"x" * 999)
+            self.assertRaises(ResponseError, parser.next_response)
+
+    def test_caps_hold_while_a_response_drips_in(self) -> None:
+        # A server that never sends the "." line: the parser refuses once
+        # the cap is passed, holding no more than the cap and one line.
+        parser = ResponseParser(max_octets=10_000)
+        parser.receive(b"+OK+\r\n")
+        self.assertIsNone(parser.next_response())
+        with self.assertRaises(ResponseError) as caught:
+            for _ in range(1000):
+                parser.receive(b"y" * 98 + b"\r\n")
+                self.assertIsNone(parser.next_response())
+        self.assertIn("octet cap", str(caught.exception))
+        self.assertEqual(len(parser._buffer), 0)  # forgotten, not kept
+        parser = ResponseParser(max_lines=3)
+        parser.receive(b"+OK+\r\na\r\nb\r\nc\r\n")
+        self.assertIsNone(parser.next_response())
+        parser.receive(b"d\r\n")
+        self.assertRaises(ResponseError, parser.next_response)
+        # Whole in one chunk, the same caps.
+        parser = ResponseParser(max_lines=3)
+        parser.receive(b"+OK+\r\na\r\nb\r\nc\r\nd\r\n.\r\n")
+        self.assertRaises(ResponseError, parser.next_response)
+
+    def test_bare_cr_or_lf_in_a_data_line(self) -> None:
+        for body in (b"a\rb", b"a\n", b"\r", b"\n\n"):
+            for tail in (b"\r\n.\r\n", b"\r\nmore"):  # complete, and still coming
+                parser = ResponseParser()
+                parser.receive(b"+OK+\r\nok\r\n" + body + tail)
+                self.assertRaises(ResponseError, parser.next_response)
+
+    def test_starts_over_after_an_error(self) -> None:
+        parser = ResponseParser()
+        parser.receive(b"garbage\r\n+OK fine\r\n")
+        self.assertRaises(ResponseError, parser.next_response)
+        # What was buffered with the bad line is dropped with it.
+        self.assertIsNone(parser.next_response())
+        self.assertEqual(
+            receive_all(parser, [b"+OK again\r\n"]), [Response(Indicator.OK, (), "again")]
+        )
+
+
 class GreetingAndOptionTests(SynchronousTestCase):
     def test_greeting_without_options(self) -> None:
         self.assertEqual(
