@@ -138,13 +138,14 @@ def wait_for_greeting(port: int, proc: subprocess.Popen[bytes], timeout: float =
     raise RuntimeError(f"nothing greeted on port {port} within {timeout:g}s ({last})")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of ``pid`` so far, from /proc/PID/stat."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of ``pid`` so far, from /proc/PID/stat."""
     with open(f"/proc/{pid}/stat") as f:
         # The command name (field 2) may hold spaces; the fields after it don't.
         fields = f.read().rpartition(")")[2].split()
     # utime and stime are fields 14 and 15 of the whole line, in clock ticks.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def vm_rss_kib(pid: int) -> int:

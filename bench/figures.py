@@ -621,10 +621,16 @@ def _with_cpu(
     before = {name: common.cpu_seconds(pid) for name, pid in (pids or {}).items()}
     result = run()
     for name, pid in (pids or {}).items():
-        spent = common.cpu_seconds(pid) - before[name]
-        result.cpu_us[name] = spent * 1e6 / result.ok if result.ok else 0.0
+        user, system = common.cpu_seconds(pid)
+        per = 1e6 / result.ok if result.ok else 0.0
+        result.cpu_us[name] = (user - before[name][0] + system - before[name][1]) * per
+        result.cpu_us[name + " (system)"] = (system - before[name][1]) * per
     return result
 
 
 def _cpu_text(cpu_us: dict[str, float]) -> str:
-    return ", ".join(f"{name} {us:.0f} us" for name, us in cpu_us.items())
+    return ", ".join(
+        f"{name} {us:.0f} us ({cpu_us[name + ' (system)']:.0f} in the kernel)"
+        for name, us in cpu_us.items()
+        if not name.endswith(" (system)")
+    )

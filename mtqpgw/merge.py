@@ -76,6 +76,7 @@ section 2.4).  Nothing here invents a block.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
@@ -340,6 +341,7 @@ def _referral_host(block: RecipientStatus) -> str:
     return host_key(mta_name(block.remote_mta))
 
 
+@functools.lru_cache(maxsize=4096)
 def host_key(name: str | None) -> str:
     """The form in which two host names, or a name and an address literal, are compared.
 
@@ -358,13 +360,28 @@ def host_key(name: str | None) -> str:
         text = text[1:-1].strip()
     if text.startswith("ipv6:"):
         text = text[5:]
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
+    address = _address(text)
+    if address is None:
         return text
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
     return str(address)
+
+
+# What ipaddress.ip_address can take for a str: an IPv4 address is ASCII
+# digits and dots, an IPv6 one holds a colon.  Host names are neither, and
+# are turned away here without the two exceptions ip_address would raise
+# (the gateway compares ~20 names a TRACK).
+_MAYBE_IPV4 = re.compile(r"[0-9.]+", re.ASCII)
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if ":" not in text and not _MAYBE_IPV4.fullmatch(text):
+        return None
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 def _reporter_key(part: TrackingStatus) -> str:
@@ -410,20 +427,13 @@ def _without_comments(text: str) -> str | None:
 
 
 def _is_address(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+    return _address(text) is not None
 
 
 def _is_anyone(key: str) -> bool:
     """A loopback or unspecified address: every host's own, the gateway's as much as any."""
-    try:
-        address = ipaddress.ip_address(key)
-    except ValueError:
-        return False
-    return address.is_loopback or address.is_unspecified
+    address = _address(key)
+    return address is not None and (address.is_loopback or address.is_unspecified)
 
 
 def _bare_envid(envid: str) -> str:

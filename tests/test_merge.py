@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -754,6 +756,24 @@ class DispatchAndReferralTests(SynchronousTestCase):
             self.assertNotIn(host_key(other), same, other)
         self.assertEqual(host_key(None), "")
         self.assertEqual(host_key("  "), "")
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(alphabet="0123456789abcdefABCDEF.:[]%v6iIpP \u0661x", max_size=24))
+    def test_host_key_reads_every_address_ipaddress_reads(self, text: str) -> None:
+        # host_key turns names away before asking ipaddress (a fast path):
+        # whatever ipaddress reads as an address must still come out as one.
+        inner = text.strip().rstrip(".").strip().lower()
+        if inner.startswith("[") and inner.endswith("]"):
+            inner = inner[1:-1].strip()
+        if inner.startswith("ipv6:"):
+            inner = inner[5:]
+        try:
+            address = ipaddress.ip_address(inner)
+        except ValueError:
+            self.assertEqual(host_key(text), inner)
+            return
+        mapped = getattr(address, "ipv4_mapped", None)
+        self.assertEqual(host_key(text), str(mapped or address))
 
 
 # Property tests.  Addresses come from a small pool so that hops share
