@@ -10,6 +10,7 @@ the JSON of interface.md section 4.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -157,6 +158,12 @@ def _content_type(value: str) -> tuple[str, dict[str, str]]:
     return "".join(media.split()).lower(), params
 
 
+@functools.lru_cache(maxsize=256)
+def _media_type(value: bytes) -> str:
+    """The lower-cased media type of a Content-Type value (parts repeat the same few)."""
+    return _content_type(_text(value))[0]
+
+
 def _headers(lines: Sequence[bytes]) -> dict[bytes, bytes]:
     """Header fields by lower-cased name (first wins); unfolded; lines that are not fields are ignored."""
     fields: dict[bytes, bytes] = {}
@@ -195,7 +202,9 @@ def parse_report_counted(lines: Sequence[bytes]) -> tuple[tuple[TrackingStatus, 
     being counted: RFC 2387 allows them.
     """
     # Lines are expected without CRLF; a CR left by a LF-only splitter goes.
-    body = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+    body = list(lines)
+    if b"\r\n" in b"\n".join(body) + b"\n":
+        body = [line[:-1] if line.endswith(b"\r") else line for line in body]
 
     # The answer's own header block: from the first non-empty line to the
     # first empty line (or to a delimiter, should the empty line be lost).
@@ -251,7 +260,7 @@ def parse_report_counted(lines: Sequence[bytes]) -> tuple[tuple[TrackingStatus, 
         part_type = _headers(raw[:split]).get(b"content-type")
         # A part without Content-Type is taken for a tracking-status part: an
         # MTQP answer holds nothing else, and its parser decides.
-        if part_type is not None and _content_type(_text(part_type))[0] != PART_TYPE:
+        if part_type is not None and _media_type(part_type) != PART_TYPE:
             continue
         try:
             status, bad = parse_tracking_status_counted(b"\n".join(raw[split:]))

@@ -322,15 +322,24 @@ def _read_group(
     extensions: list[tuple[str, str]] = []
     bad = 0
     for logical in lines:
-        field = _split_field(logical)
-        if field is None:
-            bad += 1
-            continue
-        name, value = field
+        name, colon, value = logical.partition(":")
         attr = known.get(name.lower())
-        if attr is None:
-            extensions.append((name, value))
-        elif attr in values:
+        if attr is None or not colon:
+            # Not one of this group's fields as written: the general path
+            # (WSP before the colon, extensions, lines that are no field).
+            field = _split_field(logical)
+            if field is None:
+                bad += 1
+                continue
+            name, value = field
+            attr = known.get(name.lower())
+            if attr is None:
+                extensions.append((name, value))
+                continue
+        else:
+            # A known name is a valid field name: only the value needs cleaning.
+            value = _clean_value(value)
+        if attr in values:
             # RFC 3464/3886 allow each field once per group.  The first copy
             # wins, as with email.message.Message.get(): a reader going top to
             # bottom has already acted on it, and a later copy is more likely
@@ -378,8 +387,9 @@ def parse_tracking_status_counted(
     if groups:
         first = groups[0]
         for index, logical in enumerate(first):
-            field = _split_field(logical)
-            if field is not None and field[0].lower() in _RECIPIENT_ATTRS:
+            # The name as _split_field would give it, without cleaning the value.
+            name, colon, _ = logical.partition(":")
+            if colon and name.rstrip(_WSP).lower() in _RECIPIENT_ATTRS:
                 groups[0:1] = [first[:index], first[index:]]
                 break
     if not groups or not groups[0]:
