@@ -57,6 +57,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mtqpgw.interfaces import ITracker
+from mtqpgw.logtext import literal
 from mtqpgw.merge import HostAnswer, host_key, merge, referrals, screen
 from mtqpgw.pool import SessionPool, effective_tls
 from mtqpgw.server import is_failed_lookup
@@ -630,13 +631,22 @@ class _Query:
         # A partial answer is worth an operator's attention: it reads as
         # complete to the client.
         emit = log.warn if self.failed or self.late else log.info
+        envid, outcome, duration = (
+            self.envid,
+            answer.outcome.value,
+            time.monotonic() - self.started,
+        )
+        asked, answered = len(self.visited), len(self.results)
+        failed = len(self.failed) + len(self.late)
         emit(
-            "TRACK {envid} chained: {outcome}; {asked} inner host(s) asked, "
-            "{answered} told something, {failed} failed, in {duration:.3f}s",
-            envid=self.envid,
-            outcome=answer.outcome.value,
-            asked=len(self.visited),
-            answered=len(self.results),
-            failed=len(self.failed) + len(self.late),
-            duration=time.monotonic() - self.started,
+            literal(
+                f"TRACK {envid} chained: {outcome}; {asked} inner host(s) asked, "
+                f"{answered} told something, {failed} failed, in {duration:.3f}s"
+            ),
+            envid=envid,
+            outcome=outcome,
+            asked=asked,
+            answered=answered,
+            failed=failed,
+            duration=duration,
         )

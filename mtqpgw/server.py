@@ -26,6 +26,7 @@ from zope.interface import implementer
 from mtqpgw import wire
 from mtqpgw.config import ServerConfig
 from mtqpgw.interfaces import IServerTLS, ITracker
+from mtqpgw.logtext import literal
 from mtqpgw.report import response_for_answer
 from mtqpgw.status import Action, Answer, Outcome
 from mtqpgw.throttle import FailureThrottle
@@ -476,12 +477,13 @@ class MTQPServer(LineReceiver, TimeoutMixin):
 
     def _answer_ready(self, answer: Answer, envid: str, started: float) -> None:
         self._throttle_finished(failed=is_failed_lookup(answer))
+        peer, outcome, duration = self.peer_host, answer.outcome.value, time.monotonic() - started
         log.info(
-            "TRACK {envid} from {peer}: {outcome} in {duration:.3f}s",
+            literal(f"TRACK {envid} from {peer}: {outcome} in {duration:.3f}s"),
             envid=envid,
-            peer=self.peer_host,
-            outcome=answer.outcome.value,
-            duration=time.monotonic() - started,
+            peer=peer,
+            outcome=outcome,
+            duration=duration,
         )
         self._write(response_for_answer(answer).to_bytes())
 

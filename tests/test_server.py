@@ -246,6 +246,22 @@ class CommandTests(ServerTestCase):
         self.assertNotIn("bad*secret", text)
         self.assertNotIn(b"bad*secret", transport.value(), "a bad command is not echoed")
 
+    def test_track_log_line(self) -> None:
+        # The line is formatted once in our code (mtqpgw.logtext): braces in
+        # an envelope id are text, and the fields still travel as keys.
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.tracker.auto = Answer.noinfo()
+        proto, transport = self.session()
+        proto.dataReceived(f"TRACK <{{x}}{{0}}{{y!r}}@y> {SECRET}\r\n".encode())
+        [event] = [e for e in events if e.get("envid") == "{x}{0}{y!r}@y"]
+        self.assertRegex(
+            formatEvent(event), r"^TRACK \{x\}\{0\}\{y!r\}@y from \S+: noinfo in \d+\.\d{3}s$"
+        )
+        self.assertEqual(event["outcome"], "noinfo")
+        self.assertIsInstance(event["duration"], float)
+
 
 class LineLengthTests(ServerTestCase):
     def test_998_octets_accepted(self) -> None:
