@@ -175,7 +175,12 @@ class _Slot:
         self.session = session
         self.born = born
         self.uses = 0
+        # The idle timer and when the session last went idle.  The timer is
+        # not moved at each use (a cancel and a callLater per inner query):
+        # when it fires on a session used since, it sets itself again for
+        # the rest of that session's idle time.
         self.timer: Any = None
+        self.idle_since = born
         self.gone = False  # closed or aborted; no longer counted
 
 
@@ -212,7 +217,6 @@ class _HostPool:
         while self.idle:
             # Most recently used first: the others idle out when load drops.
             slot = self.idle.pop()
-            self._stop_timer(slot)
             if self._usable(slot):
                 self.busy.add(slot)
                 return defer.succeed(slot)
@@ -280,13 +284,22 @@ class _HostPool:
             self.busy.add(slot)
             waiter.deferred.callback(slot)
             return
-        slot.timer = self.pool.clock.callLater(self.pool.idle_timeout, self._expire, slot)
+        slot.idle_since = self.pool.clock.seconds()
+        if slot.timer is None:
+            slot.timer = self.pool.clock.callLater(self.pool.idle_timeout, self._expire, slot)
         self.idle.append(slot)
 
     def _expire(self, slot: _Slot) -> None:
         slot.timer = None
-        if slot in self.idle:
-            self.idle.remove(slot)
+        if slot.gone or slot not in self.idle:
+            # Busy now: release() sets the timer again.
+            return
+        left = slot.idle_since + self.pool.idle_timeout - self.pool.clock.seconds()
+        if left > 0:
+            # Used since the timer was set: idle for less than idle_timeout.
+            slot.timer = self.pool.clock.callLater(left, self._expire, slot)
+            return
+        self.idle.remove(slot)
         self._discard(slot, graceful=True)
 
     def _stop_timer(self, slot: _Slot) -> None:

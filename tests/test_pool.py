@@ -282,6 +282,43 @@ class IdleTimeoutTests(PoolTestCase):
         self.clock.advance(10)
         self.assertEqual(session.quits, 1)
 
+    def test_busy_when_the_timer_fires(self) -> None:
+        # A query outlasting idle_timeout: the session is not closed under
+        # it, and is closed idle_timeout after it goes idle again.
+        pool = self.make_pool(idle_timeout=60)
+        d = pool.track(self.inner, "e@example.com", "x")
+        session = self.connector.complete()
+        session.answer(found())
+        self.successResultOf(d)
+        self.clock.advance(30)
+        d = pool.track(self.inner, "e@example.com", "x")
+        self.clock.advance(40)  # the first timer fires mid-query
+        self.assertEqual(session.quits, 0)
+        session.answer(found())
+        self.successResultOf(d)
+        self.clock.advance(59.9)
+        self.assertEqual(session.quits, 0)
+        self.clock.advance(0.1)
+        self.assertEqual(session.quits, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_closed_idle_timeout_after_its_last_of_many_uses(self) -> None:
+        pool = self.make_pool(idle_timeout=60)
+        d = pool.track(self.inner, "e@example.com", "x")
+        session = self.connector.complete()
+        session.answer(found())
+        self.successResultOf(d)
+        for _ in range(100):
+            self.clock.advance(1)
+            d = pool.track(self.inner, "e@example.com", "x")
+            session.answer(found())
+            self.successResultOf(d)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(59.9)
+        self.assertEqual(session.quits, 0)
+        self.clock.advance(0.1)
+        self.assertEqual(session.quits, 1)
+
     def test_default_idle_timeout_is_well_under_autologout(self) -> None:
         self.assertLess(SessionPool(self.clock).idle_timeout, 600 / 2)
 
