@@ -138,9 +138,15 @@ def part_size(part: TrackingStatus) -> tuple[int, int]:
     the gateway grows with these, and they are what the per-TRACK caps count.
     """
     lines, octets = _PART_LINES, _PART_OCTETS
-
-    def field(name: str, value: str | None) -> None:
-        nonlocal lines, octets
+    fields = [(name, getattr(part, attribute)) for attribute, name in _MESSAGE_FIELDS]
+    fields += part.extensions
+    for block in part.recipients:
+        lines += 1  # the blank line before each recipient's group
+        octets += 2
+        fields.append(("Action", block.action.value))
+        fields += [(name, getattr(block, attribute)) for attribute, name in _RECIPIENT_FIELDS]
+        fields += block.extensions
+    for name, value in fields:
         if value is not None:
             width = len(name) + len(value) + 2  # ": "
             # status.serialise_tracking_status folds at white space past 78
@@ -149,19 +155,6 @@ def part_size(part: TrackingStatus) -> tuple[int, int]:
             extra = (width - 1) // fold
             lines += 1 + extra
             octets += width + 2 + 3 * extra  # CRLF, and CRLF + WSP per fold
-
-    for attribute, name in _MESSAGE_FIELDS:
-        field(name, getattr(part, attribute))
-    for name, value in part.extensions:
-        field(name, value)
-    for block in part.recipients:
-        lines += 1  # the blank line before each recipient's group
-        octets += 2
-        field("Action", block.action.value)
-        for attribute, name in _RECIPIENT_FIELDS:
-            field(name, getattr(block, attribute))
-        for name, value in block.extensions:
-            field(name, value)
     return lines, octets
 
 

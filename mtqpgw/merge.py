@@ -455,6 +455,9 @@ def _merge_by_reporter(parts: Iterable[TrackingStatus]) -> list[TrackingStatus]:
     its merged part is built once, at the end.  Building a merged part per
     part, as this once did, costs the square of the recipients so far.
     """
+    parts = tuple(parts)
+    if len(parts) < 2:
+        return list(parts)  # the usual answer: one part, nothing to merge
     groups: dict[str, _SameReporter] = {}
     order: list[_SameReporter] = []
     for part in parts:
@@ -481,15 +484,18 @@ class _SameReporter:
         self._fills: dict[str, str] = {}
         self._extensions: dict[tuple[str, str], None] = dict.fromkeys(first.extensions)
         # Two answers from one reporter describe the same records: blocks
-        # are joined by key only, and none is altered.
-        self._roster = _Roster(join_by_final=False, carry_original=False, routed=False)
-        self._roster.add(first.recipients)
+        # are joined by key only, and none is altered.  Made when a second
+        # part comes: most reporters have one.
+        self._roster: _Roster | None = None
         self._merged = False
 
     def add(self, later: TrackingStatus) -> None:
         if later == self._first and not self._merged:
             return  # a copy adds nothing: the first part is kept as it is
         self._merged = True
+        if self._roster is None:
+            self._roster = _Roster(join_by_final=False, carry_original=False, routed=False)
+            self._roster.add(self._first.recipients)
         for name in _OPTIONAL_MESSAGE_FIELDS:
             value = getattr(later, name)
             if value is not None and getattr(self._first, name) is None:
@@ -498,7 +504,7 @@ class _SameReporter:
         self._roster.add(later.recipients)
 
     def part(self) -> TrackingStatus:
-        if not self._merged:
+        if self._roster is None:
             return self._first
         return self._first.evolve(
             extensions=tuple(self._extensions),

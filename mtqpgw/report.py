@@ -152,7 +152,9 @@ def _content_type(value: str) -> tuple[str, dict[str, str]]:
     for match in _PARAM.finditer(";" + rest):
         name, raw = match.group(1).lower(), match.group(2).strip()
         if raw.startswith('"'):
-            raw = _QUOTED_PAIR.sub(r"\1", raw[1:-1] if raw.endswith('"') else raw[1:])
+            raw = raw[1:-1] if raw.endswith('"') else raw[1:]
+            if "\\" in raw:
+                raw = _QUOTED_PAIR.sub(r"\1", raw)
         # The first of a repeated parameter wins, as with fields.
         params.setdefault(name, raw)
     return "".join(media.split()).lower(), params
