@@ -213,14 +213,21 @@ class _HostPool:
 
     # -- getting a session -------------------------------------------------
 
-    def acquire(self) -> defer.Deferred[_Slot]:
+    def take_idle(self) -> _Slot | None:
+        """An idle session that may be used, now busy; None when there is none."""
         while self.idle:
             # Most recently used first: the others idle out when load drops.
             slot = self.idle.pop()
             if self._usable(slot):
                 self.busy.add(slot)
-                return defer.succeed(slot)
+                return slot
             self._discard(slot, graceful=True)
+        return None
+
+    def acquire(self) -> defer.Deferred[_Slot]:
+        slot = self.take_idle()
+        if slot is not None:
+            return defer.succeed(slot)
         if self.open < self.pool.max_per_host:
             return self._connect()
         if len(self.waiters) >= self.pool.max_waiting:
@@ -426,6 +433,10 @@ class SessionPool:
 
             return asked.addBoth(done)
 
+        # Under load a session is nearly always idle: no Deferred to wait for it.
+        slot = host.take_idle()
+        if slot is not None:
+            return ask(slot)
         return host.acquire().addCallback(ask)
 
     def _host_pool(self, inner: Any, secure: bool) -> _HostPool:
