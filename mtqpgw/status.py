@@ -271,6 +271,18 @@ def _decode(data: bytes | bytearray | memoryview | str) -> str:
 
 def _logical_groups(text: str) -> tuple[list[list[str]], int]:
     """Split *text* into groups of unfolded logical lines; count orphan continuations."""
+    if "\r" not in text and "\n " not in text and "\n\t" not in text and text[:1] not in _WSP:
+        # The usual body (what serialise_tracking_status writes): LF line
+        # ends, no folded or white-space-only line.  Then a group is a run of
+        # lines between empty ones, and str.split finds them at C speed.
+        # (text[:1] of "" is "", which is in every str: the loop below.)
+        groups = (group.strip("\n") for group in text.split("\n\n"))
+        return [group.split("\n") for group in groups if group], 0
+    return _logical_groups_by_line(text)
+
+
+def _logical_groups_by_line(text: str) -> tuple[list[list[str]], int]:
+    """`_logical_groups` a line at a time: any line ends, folding, blank lines of white space."""
     groups: list[list[str]] = []
     current: list[str] = []
     orphans = 0

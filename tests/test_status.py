@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from mtqpgw import status as status_module
 from mtqpgw.status import (
     Action,
     RecipientStatus,
@@ -425,6 +426,26 @@ class LiberalParserTests(SynchronousTestCase):
             self.assertTrue(rcpt.final_recipient and rcpt.status)
         lines = serialise_tracking_status(status)
         self.assertEqual(parse_tracking_status_counted(b"\r\n".join(lines)), (status, 0))
+
+
+class LogicalGroupTests(SynchronousTestCase):
+    """The fast path of status._logical_groups (str.split) against the line-by-line one."""
+
+    @FAST
+    @given(st.text(alphabet="ab: \t\n\r", max_size=60))
+    def test_same_groups_either_way(self, text: str) -> None:
+        self.assertEqual(
+            status_module._logical_groups(text), status_module._logical_groups_by_line(text)
+        )
+
+    @FAST
+    @given(st.lists(st.text(alphabet="ab:", max_size=6), max_size=12))
+    def test_same_groups_for_plain_bodies(self, lines: list[str]) -> None:
+        # Bodies as the serialiser writes them take the fast path.
+        text = "\n".join(lines)
+        self.assertEqual(
+            status_module._logical_groups(text), status_module._logical_groups_by_line(text)
+        )
 
 
 class SerialiserTests(SynchronousTestCase):
