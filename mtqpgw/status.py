@@ -547,25 +547,6 @@ def _fold(line: bytes, value_start: int) -> list[bytes]:
     return out
 
 
-def _field_lines(name: str, value: str) -> list[bytes]:
-    return _clean_field_lines(_clean_name(name), _clean_value(value))
-
-
-def _clean_field_lines(name: str, value: str) -> list[bytes]:
-    """The lines of a field whose name and value are already clean.
-
-    The serialiser calls this directly for the RFC's own field names, which
-    need no cleaning, and for values it has cleaned anyway to check them:
-    a report is built for every TRACK, and cleaning twice showed in profiles.
-    """
-    text = f"{name}: {value}" if value else f"{name}:"
-    # errors="replace": a str from elsewhere may hold lone surrogates.
-    line = text.encode("utf-8", "replace")
-    if len(line) <= _SOFT_LIMIT:
-        return [line]
-    return _fold(line, len(name) + 1)
-
-
 def serialise_tracking_status(ts: TrackingStatus) -> list[bytes]:
     """The lines (bytes, UTF-8, no CRLF) of one ``message/tracking-status`` body.
 
@@ -581,7 +562,9 @@ def serialise_tracking_status(ts: TrackingStatus) -> list[bytes]:
     Original-Envelope-Id, no Reporting-MTA, or a recipient without any
     address.
     """
-    out: list[bytes] = []
+    # (name, value) pairs, both clean, in order; None for the empty line
+    # before each recipient's group.  Rendered in one loop at the end.
+    fields: list[tuple[str, str] | None] = []
     for name, attr in _MESSAGE_FIELDS:
         value = getattr(ts, attr)
         if value is not None:
@@ -589,11 +572,10 @@ def serialise_tracking_status(ts: TrackingStatus) -> list[bytes]:
         if not value and attr in ("original_envelope_id", "reporting_mta"):
             raise ValueError(f"a tracking-status needs {name}")
         if value is not None:
-            out += _clean_field_lines(name, value)
-    for name, value in ts.extensions:
-        out += _field_lines(name, value)
+            fields.append((name, value))
+    fields += [(_clean_name(name), _clean_value(value)) for name, value in ts.extensions]
     for rcpt in ts.recipients:
-        out.append(b"")
+        fields.append(None)
         action = rcpt.action if isinstance(rcpt.action, Action) else Action(rcpt.action)
         final = rcpt.final_recipient or rcpt.original_recipient
         final = _clean_value(final) if final else final
@@ -611,7 +593,21 @@ def serialise_tracking_status(ts: TrackingStatus) -> list[bytes]:
                 if value is None:
                     continue
                 value = _clean_value(value)
-            out += _clean_field_lines(name, value)
-        for name, value in rcpt.extensions:
-            out += _field_lines(name, value)
+            fields.append((name, value))
+        fields += [(_clean_name(name), _clean_value(value)) for name, value in rcpt.extensions]
+    out: list[bytes] = []
+    for field in fields:
+        if field is None:
+            out.append(b"")
+            continue
+        # One line, folded past 78 octets; inline, as a report is built for
+        # every TRACK.  errors="replace": a str from elsewhere may hold lone
+        # surrogates.
+        name, value = field
+        text = f"{name}: {value}" if value else f"{name}:"
+        line = text.encode("utf-8", "replace")
+        if len(line) <= _SOFT_LIMIT:
+            out.append(line)
+        else:
+            out += _fold(line, len(name) + 1)
     return out
