@@ -514,7 +514,8 @@ class Bench:
                 timeout=3600,
             )
             wall = time.perf_counter() - started
-            found = re.search(r"imported (\d+) records, (\d+) bad lines", done.stdout)
+            # "imported 100000 records into PATH, 0 bad lines" (importer.main)
+            found = re.search(r"imported (\d+) records? into .*, (\d+) bad lines?", done.stdout)
             inside = re.search(r"import-seconds ([0-9.]+)", done.stdout)
             if (
                 done.returncode != 0
