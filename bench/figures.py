@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import re
 import subprocess
@@ -155,7 +156,6 @@ class Bench:
             str(int(self.settings.profile_seconds)),
             "--rate",
             "997",
-            "--nonblocking",
             "--format",
             "raw",
             "--output",
@@ -620,8 +620,13 @@ def _with_cpu(
     it does not count the time a process waited for a CPU.
     """
     before = {name: common.cpu_seconds(pid) for name, pid in (pids or {}).items()}
+    if pids:
+        # The load generator too: it shares the two CPUs with what it loads.
+        before["load generator"] = common.cpu_seconds(os.getpid())
     result = run()
-    for name, pid in (pids or {}).items():
+    for name, pid in {**(pids or {}), "load generator": os.getpid()}.items():
+        if name not in before:
+            continue
         user, system = common.cpu_seconds(pid)
         per = 1e6 / result.ok if result.ok else 0.0
         result.cpu_us[name] = (user - before[name][0] + system - before[name][1]) * per
