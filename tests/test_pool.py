@@ -255,69 +255,58 @@ class LimitTests(PoolTestCase):
 
 
 class IdleTimeoutTests(PoolTestCase):
-    def test_idle_session_closed_after_timeout(self) -> None:
+    def used_once(self) -> tuple[SessionPool, Any]:
+        """A pool (idle_timeout 60) whose one session has answered one TRACK and is idle."""
         pool = self.make_pool(idle_timeout=60)
         d = pool.track(self.inner, "e@example.com", "x")
         session = self.connector.complete()
         session.answer(found())
         self.successResultOf(d)
-        self.clock.advance(59.9)
+        return pool, session
+
+    def use_again(self, pool: SessionPool, session: Any) -> None:
+        d = pool.track(self.inner, "e@example.com", "x")
+        session.answer(found())
+        self.successResultOf(d)
+
+    def assert_closed_in(self, session: Any, seconds: float) -> None:
+        """``session`` is still open ``seconds`` - 0.1 from now, and QUIT at ``seconds``."""
+        self.clock.advance(seconds - 0.1)
         self.assertEqual(session.quits, 0)
         self.clock.advance(0.1)
         self.assertEqual(session.quits, 1)
+
+    def test_idle_session_closed_after_timeout(self) -> None:
+        pool, session = self.used_once()
+        self.assert_closed_in(session, 60)
         self.assertEqual(pool.stats(self.inner)["open"], 0)
 
     def test_reuse_resets_the_idle_timer(self) -> None:
-        pool = self.make_pool(idle_timeout=60)
-        d = pool.track(self.inner, "e@example.com", "x")
-        session = self.connector.complete()
-        session.answer(found())
-        self.successResultOf(d)
+        pool, session = self.used_once()
         self.clock.advance(50)
-        d = pool.track(self.inner, "e@example.com", "x")
-        session.answer(found())
-        self.successResultOf(d)
-        self.clock.advance(50)
-        self.assertEqual(session.quits, 0)
-        self.clock.advance(10)
-        self.assertEqual(session.quits, 1)
+        self.use_again(pool, session)
+        self.assert_closed_in(session, 60)
 
     def test_busy_when_the_timer_fires(self) -> None:
         # A query outlasting idle_timeout: the session is not closed under
         # it, and is closed idle_timeout after it goes idle again.
-        pool = self.make_pool(idle_timeout=60)
-        d = pool.track(self.inner, "e@example.com", "x")
-        session = self.connector.complete()
-        session.answer(found())
-        self.successResultOf(d)
+        pool, session = self.used_once()
         self.clock.advance(30)
         d = pool.track(self.inner, "e@example.com", "x")
         self.clock.advance(40)  # the first timer fires mid-query
         self.assertEqual(session.quits, 0)
         session.answer(found())
         self.successResultOf(d)
-        self.clock.advance(59.9)
-        self.assertEqual(session.quits, 0)
-        self.clock.advance(0.1)
-        self.assertEqual(session.quits, 1)
+        self.assert_closed_in(session, 60)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_closed_idle_timeout_after_its_last_of_many_uses(self) -> None:
-        pool = self.make_pool(idle_timeout=60)
-        d = pool.track(self.inner, "e@example.com", "x")
-        session = self.connector.complete()
-        session.answer(found())
-        self.successResultOf(d)
+        pool, session = self.used_once()
         for _ in range(100):
             self.clock.advance(1)
-            d = pool.track(self.inner, "e@example.com", "x")
-            session.answer(found())
-            self.successResultOf(d)
+            self.use_again(pool, session)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
-        self.clock.advance(59.9)
-        self.assertEqual(session.quits, 0)
-        self.clock.advance(0.1)
-        self.assertEqual(session.quits, 1)
+        self.assert_closed_in(session, 60)
 
     def test_default_idle_timeout_is_well_under_autologout(self) -> None:
         self.assertLess(SessionPool(self.clock).idle_timeout, 600 / 2)
