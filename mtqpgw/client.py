@@ -174,8 +174,14 @@ class MTQPClientProtocol(protocol.Protocol):
                 return
             self._response(response)
             # After STARTTLS's +OK the rest is not ours (a new parser has
-            # taken over); after an abort nothing is.
-            if self._phase in (_Phase.HANDSHAKE, _Phase.CLOSED) or self._parser is not parser:
+            # taken over); after an abort nothing is; and once the session is
+            # being closed (quit() from an answer's callback), what follows
+            # in the same read is not read, as LineReceiver did not.
+            if (
+                self._phase in (_Phase.HANDSHAKE, _Phase.CLOSED)
+                or self._parser is not parser
+                or self.transport.disconnecting
+            ):
                 return
 
     def _response(self, response: wire.Response) -> None:

@@ -341,7 +341,6 @@ def _referral_host(block: RecipientStatus) -> str:
     return host_key(mta_name(block.remote_mta))
 
 
-@functools.lru_cache(maxsize=4096)
 def host_key(name: str | None) -> str:
     """The form in which two host names, or a name and an address literal, are compared.
 
@@ -355,6 +354,25 @@ def host_key(name: str | None) -> str:
     to a connection, so a looser form here can never reach a host that is
     not configured.  ``""`` for nothing.
     """
+    # Cached: the same few names come back at every TRACK.  Only names that
+    # could be a host's: a Remote-MTA from an inner host can unfold to
+    # hundreds of KiB, and the cache would keep 4,096 of those.
+    if name is not None and len(name) <= _CACHED_NAME:
+        return _cached_host_key(name)
+    return _host_key(name)
+
+
+# A DNS name is at most 253 octets; with brackets, a tag and white space,
+# an address literal is far shorter.
+_CACHED_NAME = 300
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_host_key(name: str) -> str:
+    return _host_key(name)
+
+
+def _host_key(name: str | None) -> str:
     text = (name or "").strip().rstrip(".").strip().lower()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1].strip()

@@ -160,9 +160,17 @@ def _content_type(value: str) -> tuple[str, dict[str, str]]:
     return "".join(media.split()).lower(), params
 
 
-@functools.lru_cache(maxsize=256)
 def _media_type(value: bytes) -> str:
     """The lower-cased media type of a Content-Type value (parts repeat the same few)."""
+    # Only short values are cached: a header from an inner host can unfold
+    # to hundreds of KiB, and the cache would keep 256 of those.
+    if len(value) <= 200:
+        return _cached_media_type(value)
+    return _content_type(_text(value))[0]
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_media_type(value: bytes) -> str:
     return _content_type(_text(value))[0]
 
 

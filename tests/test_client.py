@@ -209,6 +209,20 @@ class CommandTests(SynchronousTestCase):
         d = proto.track(seed.ENVID, seed.SECRET_B64)
         self.assertIsInstance(failure_of(d, self).value, ClientError)
 
+    def test_quit_from_an_answer_reads_no_further(self) -> None:
+        # Review: once quit() is called from an answer's callback, the rest
+        # of the same read is not taken for an unsolicited response (which
+        # would abort the connection and drop the QUIT).
+        proto, transport = self.ready()
+        aborted: list[bool] = []
+        transport.abortConnection = lambda: aborted.append(True)  # type: ignore[method-assign]
+        d = proto.track_response(seed.ENVID, seed.SECRET_B64)
+        d.addCallback(lambda _: proto.quit())
+        proto.dataReceived(b"+OK done\r\n-ERR/x forged\r\n")
+        self.assertEqual(aborted, [])
+        self.assertTrue(transport.value().endswith(wire.QUIT_LINE))
+        self.assertTrue(transport.disconnecting)
+
     def test_quit(self) -> None:
         proto, transport = self.ready()
         closed = proto.quit()

@@ -757,6 +757,16 @@ class DispatchAndReferralTests(SynchronousTestCase):
         self.assertEqual(host_key(None), "")
         self.assertEqual(host_key("  "), "")
 
+    def test_host_key_caches_only_names_a_host_could_have(self) -> None:
+        # Review: a Remote-MTA from an inner host may unfold to hundreds of
+        # KiB; the cache must not keep thousands of those.
+        merge_module._cached_host_key.cache_clear()
+        long_name = "a" * 200_000 + ".example"
+        self.assertEqual(host_key(long_name.upper()), long_name)
+        self.assertEqual(merge_module._cached_host_key.cache_info().currsize, 0)
+        self.assertEqual(host_key("MX1.Example.COM."), "mx1.example.com")
+        self.assertEqual(merge_module._cached_host_key.cache_info().currsize, 1)
+
     @settings(max_examples=300, deadline=None)
     @given(st.text(alphabet="0123456789abcdefABCDEF.:[]%v6iIpP \u0661x", max_size=24))
     def test_host_key_reads_every_address_ipaddress_reads(self, text: str) -> None:
