@@ -17,23 +17,22 @@ and are usually unreachable from outside anyway).
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from mtqpgw.merge import referrals
+from mtqpgw.merge import host_key, referrals
 from mtqpgw.status import Answer, mta_name
 
-__all__ = ["Hop", "Plan", "Referral", "hop_host", "plan"]
+__all__ = ["Hop", "Plan", "Referral", "plan"]
 
 
 @dataclass(frozen=True)
 class Hop:
     """One server asked on the path: what it answered, or why it could not be asked.
 
-    ``host`` is the name asked (as the user or a Remote-MTA gave it,
-    normalised by L{hop_host}); ``server`` the ``host:port`` that answered
+    ``host`` is the name asked (as the user gave it, or a Remote-MTA's
+    name in L{mtqpgw.merge.host_key} form); ``server`` the ``host:port`` that answered
     (after SRV discovery); ``answer`` None when ``error`` says why there is
     none; ``referral`` how this hop came to be asked (None for the first);
     ``greeting`` True when ``answer`` is the server's negative greeting
@@ -81,24 +80,6 @@ class Plan:
     reported: tuple[tuple[Referral, str], ...] = ()
 
 
-def hop_host(name: str) -> str:
-    """The form a host is compared in: lower-case, no root dot, address literal unbracketed.
-
-    A Remote-MTA may name an address literal (``dns; [192.0.2.1]``): it is
-    asked at that address, like an IP given on the command line.
-    """
-    name = name.strip().rstrip(".").lower()
-    if name.startswith("[") and name.endswith("]"):
-        inner = name[1:-1]
-        if inner.startswith("ipv6:"):
-            inner = inner[len("ipv6:") :]
-        try:
-            return str(ipaddress.ip_address(inner))
-        except ValueError:
-            return name
-    return name
-
-
 def _reporters(path: Sequence[Hop]) -> dict[str, str]:
     """Each host reporting a part in some answer -> the first hop whose answer holds it."""
     reported: dict[str, str] = {}
@@ -107,7 +88,7 @@ def _reporters(path: Sequence[Hop]) -> dict[str, str]:
             for part in hop.answer.parts:
                 reporter = mta_name(part.reporting_mta)
                 if reporter:
-                    reported.setdefault(hop_host(reporter), hop.host)
+                    reported.setdefault(host_key(reporter), hop.host)
     return reported
 
 
@@ -130,8 +111,8 @@ def plan(path: Sequence[Hop], max_hops: int) -> Plan:
         if hop.answer is None or not hop.answer.ok:
             continue
         for part in hop.answer.parts:
-            for name, block in referrals(part):
-                host = hop_host(name)
+            # referrals() gives each host in host_key form already.
+            for host, block in referrals(part):
                 recipient = block.original_recipient or block.final_recipient
                 referral = Referral(host, hop.host, recipient)
                 if (host, hop.host) in followed:
