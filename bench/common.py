@@ -8,7 +8,6 @@ whatever happened in between.
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import resource
 import signal
@@ -19,6 +18,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
+
+from mtqpgw.certifier import certifier_for
+from mtqpgw.wire import track_line as _wire_track_line
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
@@ -71,11 +73,11 @@ def wire_secret(i: int) -> str:
 
 
 def certifier(i: int) -> str:
-    return base64.b64encode(hashlib.sha1(secret_octets(i)).digest()).decode("ascii")
+    return certifier_for(secret_octets(i))
 
 
 def track_line(i: int) -> bytes:
-    return f"TRACK <{envid(i)}> {wire_secret(i)}\r\n".encode("ascii")
+    return _wire_track_line(envid(i), wire_secret(i))
 
 
 def unknown_track_line(i: int) -> bytes:
@@ -86,23 +88,36 @@ def unknown_track_line(i: int) -> bytes:
     real ones); ids with a prefix of their own would all meet the same few
     cached pages and look faster than they are.
     """
-    return f"TRACK <bench-{i:08d}x@bench.example> {wire_secret(i)}\r\n".encode("ascii")
+    return _wire_track_line(f"bench-{i:08d}x@bench.example", wire_secret(i))
 
 
 def wrong_secret_track_line(i: int) -> bytes:
     """A TRACK for message ``i`` with another message's secret (same length class)."""
-    return f"TRACK <{envid(i)}> {wire_secret(i + 1)}\r\n".encode("ascii")
+    return _wire_track_line(envid(i), wire_secret(i + 1))
 
 
 # -- Processes and ports -------------------------------------------------------
 
 
-def raise_fd_limit() -> int:
-    """Raise this process's open-file limit to its hard limit; return the new soft limit."""
+def raise_fd_limit() -> None:
+    """Raise this process's open-file limit to its hard limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def remove_sqlite(path: Path) -> None:
+    """Remove an SQLite file and its ``-wal`` and ``-shm`` companions, where present."""
+    for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        leftover.unlink(missing_ok=True)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank below), NaN when there are none."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 def free_port() -> int:
@@ -157,12 +172,6 @@ def vm_rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def _raise_child_fd_limit() -> None:
-    # Runs in the child between fork and exec: the daemon must be able to
-    # hold 10,000 idle connections, which the usual soft limit of 1024 is not.
-    raise_fd_limit()
-
-
 class Children:
     """Child processes started for one figure; all are stopped when the block ends.
 
@@ -184,7 +193,9 @@ class Children:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=cwd or self.workdir,
-            preexec_fn=_raise_child_fd_limit,
+            # Between fork and exec: the daemon must be able to hold 10,000
+            # idle connections, which the usual soft limit of 1024 is not.
+            preexec_fn=raise_fd_limit,
         )
         self.procs.append((name, proc, log))
         return proc

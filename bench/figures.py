@@ -535,8 +535,7 @@ class Bench:
         target = self.workdir / "import.sqlite3"
         runs = []
         for _ in range(s.rounds):
-            for leftover in (target, Path(f"{target}-wal"), Path(f"{target}-shm")):
-                leftover.unlink(missing_ok=True)
+            common.remove_sqlite(target)
             started = time.perf_counter()
             done = subprocess.run(
                 [
@@ -601,11 +600,8 @@ class Bench:
         with Children(self.workdir) as children:
             _, port = self.start_daemon(children, "timing-server", store)
             result = asyncio.run(loadgen.timing_probe(port, unknown, wrong, s.tries))
-        med_u, med_w = _median(result.first), _median(result.second)
-        p90_u, p90_w = (
-            loadgen._percentile(result.first, 0.9),
-            loadgen._percentile(result.second, 0.9),
-        )
+        med_u, med_w = common.percentile(result.first, 0.5), common.percentile(result.second, 0.5)
+        p90_u, p90_w = common.percentile(result.first, 0.9), common.percentile(result.second, 0.9)
         identical = (
             result.first_answers == result.second_answers and len(result.first_answers) == 1
         )
@@ -635,10 +631,6 @@ class Bench:
                 },
             )
         ]
-
-
-def _median(values: Sequence[float]) -> float:
-    return loadgen._percentile(values, 0.5)
 
 
 def _result_dict(result: loadgen.LoadResult) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from bench.common import HOST
+from bench.common import HOST, percentile
 
 # No single answer may take longer than this; a run that stalls fails.
 ANSWER_TIMEOUT = 30.0
@@ -90,13 +90,6 @@ async def _close(writer: asyncio.StreamWriter) -> None:
         pass
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
 @dataclass
 class LoadResult:
     """What a load run measured; ``rate`` counts positive answers only."""
@@ -115,7 +108,7 @@ class LoadResult:
         return self.ok / self.seconds if self.seconds else 0.0
 
     def p(self, q: float) -> float:
-        return _percentile(self.latencies, q)
+        return percentile(self.latencies, q)
 
     def check(self, response: bytes, envid: bytes | None, require: Sequence[bytes] = ()) -> None:
         """Count ``response``: positive only if ``+OK+`` naming ``envid`` and holding ``require``."""
@@ -321,7 +314,6 @@ async def timing_probe(
 
 @dataclass
 class IdleResult:
-    opened: int = 0
     greeted: int = 0
     refused: int = 0
     errors: int = 0
@@ -350,7 +342,6 @@ async def hold_idle(
                 return
             del responses
             writers.append(writer)
-            result.opened += 1
             if greeting.startswith(b"+OK"):
                 result.greeted += 1
             else:

@@ -120,8 +120,7 @@ def _cached(name: str, argv_tail: list[str]) -> Path:
     if path.exists():
         return path
     partial = path.with_name(path.name + f".partial-{os.getpid()}")
-    for leftover in (partial, Path(f"{partial}-wal"), Path(f"{partial}-shm")):
-        leftover.unlink(missing_ok=True)
+    common.remove_sqlite(partial)
     print(f"  building {path.name} (cached for later runs) ...", flush=True)
     started = time.perf_counter()
     try:
