@@ -189,25 +189,13 @@ class Bench:
         not a whole figure.  A warm-up first fills caches, the first sessions
         of a pool and the allocator.
         """
-        warm = [chunk[: max(window, len(chunk) // 10)] for chunk in lines]
-        asyncio.run(loadgen.closed_loop(ceiling_port, warm, window, False))
-        asyncio.run(loadgen.closed_loop(our_port, warm, window, True, require))
+        warm = _warm_up_lines(lines, window)
+        _load(ceiling_port, warm, window, False)
+        _load(our_port, warm, window, True, require)
         ceilings, ours = [], []
         for _ in range(self.settings.rounds):
-            ceilings.append(
-                _with_cpu(
-                    ceiling_pids,
-                    lambda: asyncio.run(loadgen.closed_loop(ceiling_port, lines, window, False)),
-                )
-            )
-            ours.append(
-                _with_cpu(
-                    our_pids,
-                    lambda: asyncio.run(
-                        loadgen.closed_loop(our_port, lines, window, True, require)
-                    ),
-                )
-            )
+            ceilings.append(_load(ceiling_port, lines, window, False, pids=ceiling_pids))
+            ours.append(_load(our_port, lines, window, True, require, pids=our_pids))
         best = (max(ceilings, key=lambda r: r.rate), max(ours, key=lambda r: r.rate))
         rounds = ", ".join(
             f"{c.rate:,.0f}/{o.rate:,.0f}" for c, o in zip(ceilings, ours, strict=True)
@@ -221,11 +209,13 @@ class Bench:
 
     @staticmethod
     def _must_be_positive(result: loadgen.LoadResult, what: str) -> None:
+        """Stop unless every answer was positive; else print ``result`` as ``what``."""
         if result.failed or not result.ok:
             raise SystemExit(
                 f"{what}: {result.failed} answers were not +OK+ for the envelope id asked, "
                 f"e.g. {result.sample_failure!r}"
             )
+        print(f"  {what}: {result.summary()}", flush=True)
 
     # -- figures -----------------------------------------------------------------
 
@@ -249,13 +239,11 @@ class Bench:
                 spy.wait(s.profile_seconds + 30)
             floor = self._floor(children, store, lines, s.window)
         self._must_be_positive(ceiling, "raw_server")
-        print(f"  raw_server: {ceiling.summary()}", flush=True)
         self._must_be_positive(ours, "mtqpgw server")
-        print(f"  mtqpgw server: {ours.summary()}", flush=True)
         self._must_be_positive(floor, "floor_server")
         print(
-            f"  floor (raw_server plus the store look-up): {floor.summary()}; "
-            f"{floor.rate / ceiling.rate:.2f} x raw_server",
+            f"  floor (raw_server plus the store look-up): {floor.rate / ceiling.rate:.2f} "
+            "x raw_server",
             flush=True,
         )
         ratio = ours.rate / ceiling.rate
@@ -289,13 +277,9 @@ class Bench:
         argv = [sys.executable, "-m", "bench.floor_server", str(port), str(store)]
         proc = children.start("floor-server", argv, cwd=common.REPO)
         common.wait_for_greeting(port, proc)
-        warm = [chunk[: max(window, len(chunk) // 10)] for chunk in lines]
-        asyncio.run(loadgen.closed_loop(port, warm, window, False))
+        _load(port, _warm_up_lines(lines, window), window, False)
         runs = [
-            _with_cpu(
-                {"floor_server": proc.pid},
-                lambda: asyncio.run(loadgen.closed_loop(port, lines, window, False)),
-            )
+            _load(port, lines, window, False, pids={"floor_server": proc.pid})
             for _ in range(self.settings.rounds)
         ]
         print(
@@ -353,9 +337,7 @@ class Bench:
             if spy is not None:
                 spy.wait(s.profile_seconds + 30)
         self._must_be_positive(ceiling, "raw_relay")
-        print(f"  raw_relay: {ceiling.summary()}", flush=True)
         self._must_be_positive(ours, "mtqpgw gateway")
-        print(f"  mtqpgw gateway: {ours.summary()}", flush=True)
         ratio = ours.rate / ceiling.rate
         return [
             Row(
@@ -643,24 +625,31 @@ def _result_dict(result: loadgen.LoadResult) -> dict[str, Any]:
     return data
 
 
-def _with_cpu(
-    pids: dict[str, int] | None, run: Callable[[], loadgen.LoadResult]
+def _warm_up_lines(lines: list[list[bytes]], window: int) -> list[list[bytes]]:
+    """A tenth of each connection's lines (a window at least): fills caches, pools, allocator."""
+    return [chunk[: max(window, len(chunk) // 10)] for chunk in lines]
+
+
+def _load(
+    port: int,
+    lines: list[list[bytes]],
+    window: int,
+    check_envid: bool,
+    require: Sequence[bytes] = (),
+    pids: dict[str, int] | None = None,
 ) -> loadgen.LoadResult:
-    """``run()``, with the CPU time each of ``pids`` spent during it, in us per TRACK.
+    """One L{loadgen.closed_loop} run, with the CPU time each of ``pids`` spent, in us per TRACK.
 
     CPU time per TRACK moves much less than TRACK/s on a shared machine:
     it does not count the time a process waited for a CPU.
     """
-    before = {name: common.cpu_seconds(pid) for name, pid in (pids or {}).items()}
-    if pids:
-        # The load generator too: it shares the two CPUs with what it loads.
-        before["load generator"] = common.cpu_seconds(os.getpid())
-    result = run()
-    for name, pid in {**(pids or {}), "load generator": os.getpid()}.items():
-        if name not in before:
-            continue
+    # The load generator too: it shares the two CPUs with what it loads.
+    watched = {**pids, "load generator": os.getpid()} if pids else {}
+    before = {name: common.cpu_seconds(pid) for name, pid in watched.items()}
+    result = asyncio.run(loadgen.closed_loop(port, lines, window, check_envid, require))
+    per = 1e6 / result.ok if result.ok else 0.0
+    for name, pid in watched.items():
         user, system = common.cpu_seconds(pid)
-        per = 1e6 / result.ok if result.ok else 0.0
         result.cpu_us[name] = (user - before[name][0] + system - before[name][1]) * per
         result.cpu_us[name + " (system)"] = (system - before[name][1]) * per
     return result
