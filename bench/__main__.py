@@ -34,32 +34,48 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bench", description=__doc__.split("\n\n")[0].split(": ", 1)[1]
     )
     parser.add_argument("figure", nargs="?", default="all", choices=(*FIGURES, "all"))
+    d = Settings()  # the defaults, kept in one place
     size = parser.add_argument_group("sizes (defaults are the issue's figures)")
     size.add_argument(
-        "--messages", type=int, default=1_000_000, help="store size (server, lookup, timing)"
+        "--messages", type=int, default=d.messages, help="store size (server, lookup, timing)"
     )
     size.add_argument(
         "--connections",
         type=int,
         default=None,
-        help="client connections: load (server, gateway: 10), soak (5), idle (10000)",
-    )
-    size.add_argument("--tracks", type=int, default=3000, help="TRACKs per connection (server)")
-    size.add_argument("--window", type=int, default=4, help="pipelining depth (server)")
-    size.add_argument("--gateway-messages", type=int, default=100_000, help="gateway store size")
-    size.add_argument(
-        "--gateway-tracks", type=int, default=300, help="TRACKs per connection (gateway)"
+        help=f"client connections: load (server, gateway: {d.connections}), "
+        f"soak ({d.soak_connections}), idle ({d.idle_connections})",
     )
     size.add_argument(
-        "--seconds", type=float, default=60.0, help="soak duration (the record: 300)"
+        "--tracks", type=int, default=d.tracks, help="TRACKs per connection (server)"
     )
-    size.add_argument("--rate", type=float, default=500.0, help="soak TRACK/s")
-    size.add_argument("--idle-connections", type=int, default=10_000, help="idle figure, in all")
-    size.add_argument("--lookups", type=int, default=20_000, help="look-ups timed (lookup)")
-    size.add_argument("--records", type=int, default=100_000, help="records imported (import)")
-    size.add_argument("--tries", type=int, default=2000, help="TRACKs of each kind (timing)")
+    size.add_argument("--window", type=int, default=d.window, help="pipelining depth (server)")
     size.add_argument(
-        "--rounds", type=int, default=3, help="alternated ceiling/ours runs (server, gateway)"
+        "--gateway-messages", type=int, default=d.gateway_messages, help="gateway store size"
+    )
+    size.add_argument(
+        "--gateway-tracks",
+        type=int,
+        default=d.gateway_tracks,
+        help="TRACKs per connection (gateway)",
+    )
+    size.add_argument(
+        "--seconds", type=float, default=d.soak_seconds, help="soak duration (the record: 300)"
+    )
+    size.add_argument("--rate", type=float, default=d.soak_rate, help="soak TRACK/s")
+    size.add_argument(
+        "--idle-connections", type=int, default=d.idle_connections, help="idle figure, in all"
+    )
+    size.add_argument("--lookups", type=int, default=d.lookups, help="look-ups timed (lookup)")
+    size.add_argument(
+        "--records", type=int, default=d.import_records, help="records imported (import)"
+    )
+    size.add_argument("--tries", type=int, default=d.tries, help="TRACKs of each kind (timing)")
+    size.add_argument(
+        "--rounds",
+        type=int,
+        default=d.rounds,
+        help="alternated ceiling/ours runs (server, gateway)",
     )
     where = parser.add_argument_group("where")
     where.add_argument(
@@ -85,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="server and gateway: py-spy samples the daemon into DIR (collapsed stacks)",
     )
-    where.add_argument("--profile-seconds", type=float, default=10.0)
+    where.add_argument("--profile-seconds", type=float, default=d.profile_seconds)
     return parser
 
 
