@@ -227,6 +227,7 @@ def discover(
     port: int | None = None,
     default_port: int = MTQP_PORT,
     rng: RandomSource | None = None,
+    addresses: dict[str, list[str]] | None = None,
 ) -> Any:
     """Fire with the list of L{Target}s to try for *host*, best first.
 
@@ -235,7 +236,9 @@ def discover(
     SRV records of *host* in RFC 2782 order; with none, ``[(host,
     default_port)]`` once *host* is known to have an address.  Errbacks with
     L{NoService} (a ``.`` target), L{NoSuchHost}, L{NoAddress} or
-    L{DNSFailure}.
+    L{DNSFailure}.  *addresses*, if given, receives ``host -> addresses``
+    for the addresses that fallback looked up, so that the caller need not
+    ask the name server again before connecting.
     """
     host = host.rstrip(".").lower() if not is_ip_literal(host) else host
     if port is not None:
@@ -257,11 +260,13 @@ def discover(
             raise NoService(f"{host} offers no MTQP service (its SRV record's target is '.')")
         return targets
     try:
-        yield resolve_addresses(resolver, host)
+        found = yield resolve_addresses(resolver, host)
     except NoSuchHost:
         raise NoSuchHost(f"no such host: {host}") from None
     except NoAddress:
         raise NoAddress(f"{host} has no MTQP SRV record and no address") from None
+    if addresses is not None:
+        addresses[host] = found
     return [Target(host, default_port)]
 
 

@@ -256,6 +256,16 @@ class _Asker:
         self.default_port = default_port
         self.tofu = tofu
         self.err = err
+        # Addresses already looked up this run (by discover's fallback, or
+        # for an earlier hop's target): each name is resolved once.
+        self._addresses: dict[str, list[str]] = {}
+
+    async def _addresses_of(self, host: str) -> list[str]:
+        addresses = self._addresses.get(host)
+        if addresses is None:
+            addresses = await resolve_addresses(self.resolver, host)
+            self._addresses[host] = addresses
+        return addresses
 
     def _tls_for(
         self, host: str, tls_name: str | None, hint: bool
@@ -339,7 +349,9 @@ class _Asker:
         STARTTLS asks for at each of its targets, instead of the target's own.
         """
         try:
-            targets = await discover(self.resolver, host, port, self.default_port, self.rng)
+            targets = await discover(
+                self.resolver, host, port, self.default_port, self.rng, self._addresses
+            )
         except DiscoveryError as e:
             return _Asked(Hop(host, error=str(e), referral=referral))
         attempts: list[str] = []
@@ -352,7 +364,7 @@ class _Asker:
         for target in targets:
             server = _server_text(target.host, target.port)
             try:
-                addresses = await resolve_addresses(self.resolver, target.host)
+                addresses = await self._addresses_of(target.host)
             except DiscoveryError as e:
                 attempts.append(f"{server}: {e}")
                 continue

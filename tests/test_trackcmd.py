@@ -317,6 +317,8 @@ class DiscoveryEndToEndTests(TrackTestCase):
         self.assertEqual((code, err), (0, ""))
         self.assertIn(f"Server plain.test:{port}:", out)
         self.assertEqual(self.zone.asked("_mtqp._tcp.plain.test", "SRV"), 1)
+        # The address discovery found is the one connected to: not asked twice.
+        self.assertEqual(self.zone.asked("plain.test", "A"), 1)
 
     async def test_fallback_to_address_on_1038(self) -> None:
         """The real default: HOST's address on port 1038 (skipped if 127.0.10.38:1038 is taken)."""
