@@ -197,17 +197,6 @@ class BuildReportTests(SynchronousTestCase):
         # A boundary given by the caller is checked, not retried.
         self.assertRaises(ValueError, build_report, [part], boundary="mtqp-first")
 
-    def test_only_short_part_types_are_cached(self) -> None:
-        # Review: a part's Content-Type may unfold to hundreds of KiB.
-        report._cached_media_type.cache_clear()
-        lines = build_report([_PART], boundary="b1")
-        at = lines.index(b"Content-Type: message/tracking-status")
-        lines[at] += b";" + b" x=y" * 50_000
-        self.assertEqual(parse_report(lines), (_PART,))
-        self.assertEqual(report._cached_media_type.cache_info().currsize, 0)
-        self.assertEqual(parse_report(build_report([_PART], boundary="b1")), (_PART,))
-        self.assertEqual(report._cached_media_type.cache_info().currsize, 1)
-
     def test_refusals(self) -> None:
         self.assertRaises(ValueError, build_report, [])
         for bad in ("", "%%%%", "a" * 71, "ends with space ", 'quote"'):
