@@ -90,12 +90,14 @@ class Observation:
 
 def server_key(host: str, port: int) -> str:
     """The record's key: ``host:port`` with the host lower-cased, IPv6 in brackets."""
+    return f"{_key_host(host)}:{int(port)}"
+
+
+def _key_host(host: str) -> str:
     host = host.strip().rstrip(".").lower()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{host}:{int(port)}"
+    return f"[{host}]" if ":" in host else host
 
 
 def _short(fingerprint: str) -> str:
@@ -294,18 +296,19 @@ class TofuCache:
         turns a changed certificate into a ``note:`` and records it.
         """
         key = server_key(host, port)
-        warnings = self.check(host, port, now, verified=verified)
+        before = self._servers.get(key)
+        warnings = compare(key, before, now, verified=verified)
         if warnings:
             warnings.append(
                 f'If this change is expected, remove the entry "{key}" (under "servers") '
                 f"from {self.path}, or delete that file to forget every server."
             )
             return warnings
-        before = self.get(host, port)
-        lines = notes(key, before, now, verified=verified)
-        if combine(before, now) != before:
-            self.remember(host, port, now)
-        return lines
+        after = combine(before, now)
+        if after != before:
+            self._servers[key] = after
+            self._save()
+        return notes(key, before, now, verified=verified)
 
     def forget(self, host: str, port: int) -> bool:
         """Drop the record for a server (accepting whatever it shows next)."""
@@ -340,7 +343,7 @@ def forget_server(server: str, path: str | os.PathLike[str] | None = None) -> li
     cache = TofuCache(path)
     if port is not None:
         return [server_key(host, port)] if cache.forget(host, port) else []
-    prefix = server_key(host, 1)[: -len(":1")] + ":"
+    prefix = _key_host(host) + ":"
     removed = []
     for key in cache.keys():
         if key.startswith(prefix) and key[len(prefix) :].isdigit():
