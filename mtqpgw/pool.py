@@ -36,7 +36,6 @@ Rules:
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mtqpgw.status import Answer
+from mtqpgw.tls import client_context, inner_tls_mode
 
 __all__ = [
     "PoolClosed",
@@ -98,23 +98,16 @@ class PoolKey:
         return f"{self.name} ({self.host}:{self.port}, tls {self.tls})"
 
 
-def _mode_text(value: Any) -> str:
-    # Config may carry the TLS mode as a string or an enum.
-    return str(getattr(value, "value", value) or "off").lower()
-
-
 def effective_tls(inner: Any, secure: bool = False) -> str:
     """The TLS mode towards ``inner`` for a query from a client whose session is (not) TLS.
 
     RFC 3887 section 11 leaves the judgement to the implementation; this
     gateway keeps the outside client's level at the next hop as far as the
     inner host allows: ``secure=True`` turns ``"off"`` into
-    ``"opportunistic"``.  ``"required"`` is never weakened.
+    ``"opportunistic"``.  ``"required"`` is never weakened
+    (``mtqpgw.tls.inner_tls_mode``).
     """
-    mode = _mode_text(getattr(inner, "tls", "off"))
-    if secure and mode == "off":
-        return "opportunistic"
-    return mode
+    return inner_tls_mode(getattr(inner, "tls", None) or "off", secure)
 
 
 def key_for(inner: Any, secure: bool = False) -> PoolKey:
@@ -124,48 +117,17 @@ def key_for(inner: Any, secure: bool = False) -> PoolKey:
     return PoolKey(name, str(host), int(port), effective_tls(inner, secure))
 
 
-def _with_tls(inner: Any, mode: str) -> Any:
-    """``inner`` with its ``tls`` field set to ``mode`` (for the TLS helper's eyes)."""
-    if _mode_text(getattr(inner, "tls", "off")) == mode:
-        return inner
-    if dataclasses.is_dataclass(inner) and not isinstance(inner, type):
-        current = getattr(inner, "tls", None)
-        # Keep the config's own type (enum or str) for the field.
-        value = type(current)(mode) if current is not None else mode
-        return dataclasses.replace(inner, tls=value)
-    return _InnerView(inner, mode)
-
-
-class _InnerView:
-    """A read-only view of an inner-host config with another ``tls`` value."""
-
-    def __init__(self, inner: Any, tls: str) -> None:
-        self._inner, self.tls = inner, tls
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
 def tls_context_for(inner: Any, mode: str) -> Any:
-    """A client TLS context (connection creator) for STARTTLS towards ``inner``, or None.
+    """A client TLS context (connection creator) for STARTTLS towards ``inner`` in ``mode``.
 
-    It comes from ``mtqpgw.tls.client_context_for_inner``, given a view of
-    ``inner`` whose ``tls`` is already the effective ``mode``: it verifies the
-    inner host's certificate against ``name`` (with ``cafile``, else the
-    platform's trust) for ``"required"``, and for ``"opportunistic"`` when a
-    ``cafile`` is given; otherwise it encrypts only.  None when the module is
-    missing or gives nothing.  A bad ``cafile`` raises, which fails the query
-    for that host only.
+    ``mode`` is the effective one (``effective_tls``); ``mtqpgw.tls.client_context``
+    verifies the inner host's certificate against ``name`` (with ``cafile``,
+    else the platform's trust) for ``"required"``, and for ``"opportunistic"``
+    when a ``cafile`` is given; otherwise it encrypts only.  A bad ``cafile``
+    raises, which fails the query for that host only.
     """
-    try:
-        from mtqpgw.tls import client_context_for_inner
-    except ImportError:
-        return None
-    context = client_context_for_inner(_with_tls(inner, mode))
-    # An earlier draft of the helper returned (mode, context).
-    if isinstance(context, tuple):
-        context = context[-1]
-    return context
+    cafile = getattr(inner, "cafile", None)
+    return client_context(str(inner.name), str(cafile) if cafile else None, mode)
 
 
 class _Slot:
