@@ -54,6 +54,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from mtqpgw.certifier import check_secret
+from mtqpgw.config import MEMORY_STORE, UNKNOWN_MESSAGE_CHOICES
 from mtqpgw.interfaces import ITracker
 from mtqpgw.status import Action, Answer, RecipientStatus, TrackingStatus
 
@@ -399,7 +400,7 @@ def count_messages(cursor: Any) -> int:
 
 
 def _is_memory(path: str) -> bool:
-    return path == ":memory:"
+    return path == MEMORY_STORE
 
 
 def check_path(path: str) -> None:
@@ -815,8 +816,6 @@ class SQLiteWriter:
 
 # --- The tracker -----------------------------------------------------------
 
-UNKNOWN_MESSAGE_MODES = ("noinfo", "opaque")
-
 
 @implementer(ITracker)
 class LocalTracker:
@@ -825,8 +824,7 @@ class LocalTracker:
         tracker = LocalTracker(store, "mtqp.example.com", unknown_message="opaque")
         answer = await tracker.track("12345-20010101@example.com", "YWJjZGVmZ2gK")
 
-    ``reactor`` is accepted for symmetry with the chaining tracker; the store
-    keeps the time.
+    The store keeps the time.
     """
 
     def __init__(
@@ -834,14 +832,12 @@ class LocalTracker:
         store: ITrackingStore,
         hostname: str,
         unknown_message: str = "noinfo",
-        reactor: Any = None,
     ) -> None:
-        if unknown_message not in UNKNOWN_MESSAGE_MODES:
-            raise ValueError(f"unknown_message must be one of {UNKNOWN_MESSAGE_MODES}")
+        if unknown_message not in UNKNOWN_MESSAGE_CHOICES:
+            raise ValueError(f"unknown_message must be one of {UNKNOWN_MESSAGE_CHOICES}")
         self.store = store
         self.hostname = hostname
         self.unknown_message = unknown_message
-        self.reactor = reactor
         self._reporting_mta = f"dns; {hostname}"
 
     def track(self, envid: str, secret: str, secure: bool = False) -> defer.Deferred[Answer]:

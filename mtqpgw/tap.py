@@ -126,9 +126,7 @@ def build_service(config: Config, reactor: Any = None) -> tuple[service.MultiSer
     top = service.MultiService()
     store = SQLiteStore(config.store.path, reactor=reactor)
     StoreService(store).setServiceParent(top)
-    tracker: Any = LocalTracker(
-        store, config.server.hostname, config.server.unknown_message, reactor=reactor
-    )
+    tracker: Any = LocalTracker(store, config.server.hostname, config.server.unknown_message)
     if config.chain is not None and config.chain.inner:
         from mtqpgw.chain import ChainingTracker, listen_addresses
         from mtqpgw.rewrite import Rewriter
