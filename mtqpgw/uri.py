@@ -24,7 +24,9 @@ Grammar, and where this code departs from the letter of it::
   either is an error, because it cannot be told from the separator.
 - The secret must be strict base64 once decoded; the envid must be printable
   US-ASCII without spaces, since it travels on a TRACK line.  The envid may be
-  written inside angle brackets; they are dropped (spec/seed-defects.md).
+  written inside angle brackets; they are dropped (spec/seed-defects.md).  As
+  on a TRACK line (``wire.Track``), what is left may neither start with "<"
+  nor end with ">".
 - No query and no fragment: a literal "?" or "#" is refused with a hint to
   escape it.
 - One trailing "/" after the secret is tolerated and ignored.  This is never
@@ -172,6 +174,10 @@ def _check_envid(envid: object) -> str:
         envid = envid[1:-1]
     if not envid:
         raise URIError("the envelope id is empty")
+    # wire.Track refuses these too: a URI must not hold an envid that no
+    # TRACK line can carry.
+    if envid[0] == "<" or envid[-1] == ">":
+        raise URIError(f"the envelope id has unbalanced angle brackets: {_quote(envid)}")
     # The envid is the second word of a TRACK line, and an ENVID is xtext of
     # printable ASCII (RFC 3461): no spaces, controls or other characters.
     if not all("!" <= c <= "~" for c in envid):

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from mtqpgw.uri import DEFAULT_PORT, MTQPURI, URIError, check_host
+from mtqpgw.wire import Track
 
 # "abcdefgh\n": the seed's example secret (seed-defects.md, section 4.1).
 SECRET = "YWJjZGVmZ2gK"
@@ -138,6 +139,9 @@ BAD = [
     (f"mtqp://example.com/track//{SECRET}", "the envelope id is empty"),
     (f"mtqp://example.com/track/<>/{SECRET}", "the envelope id is empty"),
     (f"mtqp://example.com/track/<<e>>/{SECRET}", "more than one pair of angle brackets"),
+    (f"mtqp://example.com/track/%3Ce/{SECRET}", "unbalanced angle brackets"),
+    (f"mtqp://example.com/track/e>/{SECRET}", "unbalanced angle brackets"),
+    (f"mtqp://example.com/track/<<e>/{SECRET}", "unbalanced angle brackets"),
     (f"mtqp://example.com/track/a%20b/{SECRET}", "printable US-ASCII without spaces"),
     (f"mtqp://example.com/track/a%00b/{SECRET}", "printable US-ASCII without spaces"),
     (f"mtqp://example.com/track/caf%C3%A9/{SECRET}", "printable US-ASCII without spaces"),
@@ -212,8 +216,19 @@ _NAMES = (
 )
 _HOSTS = st.one_of(_NAMES, st.ip_addresses().map(str))
 _PORTS = st.one_of(st.none(), st.integers(1, 65535))
+
+
+def _trackable(envid: str) -> bool:
+    """Whether a TRACK line can carry *envid* (wire.Track's rule on angle brackets)."""
+    try:
+        Track(envid, SECRET)
+    except ValueError:
+        return False
+    return True
+
+
 _ENVIDS = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1).filter(
-    lambda e: e not in ("<>",) and not (e.startswith("<<") and e.endswith(">>"))
+    _trackable
 )
 _SECRETS = st.binary(min_size=1, max_size=48).map(lambda b: base64.b64encode(b).decode())
 _VALUES = st.builds(MTQPURI, _HOSTS, _PORTS, _ENVIDS, _SECRETS)
@@ -260,6 +275,8 @@ class PropertyTests(SynchronousTestCase):
             return
         # Whatever parses renders to a URI that parses back to the same value.
         self.assertEqual(MTQPURI.from_text(uri.to_text()), uri)
+        # And a TRACK line can carry its envid and secret.
+        Track(uri.envid, uri.secret)
 
     @settings(max_examples=200, deadline=None)
     @given(_VALUES)
