@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 
 from mtqpgw import wire
 from mtqpgw.certifier import decode_secret
+from mtqpgw.cli import EXIT_NEGATIVE, EXIT_OK, EXIT_USAGE
 from mtqpgw.client import (
     ClientError,
     MTQPClientProtocol,
@@ -64,10 +65,6 @@ __all__ = [
     "request_from_args",
     "run",
 ]
-
-EXIT_OK = 0
-EXIT_NEGATIVE = 1
-EXIT_USAGE = 2
 
 #: Seconds to wait for a TCP connection to one address.  Shorter than the
 #: answer timeout: a dead SRV target should not hold up the next one for the
