@@ -280,9 +280,7 @@ class _HostPool:
         """Stop counting ``slot`` and close its session: QUIT when healthy, else abort."""
         if slot.gone:
             return
-        slot.gone = True
-        self.open -= 1
-        self._stop_timer(slot)
+        self._forget(slot)
         session = slot.session
         if graceful and getattr(session, "idle", False):
             session.quit()
@@ -290,14 +288,18 @@ class _HostPool:
             _abort(session)
         self._wake()
 
+    def _forget(self, slot: _Slot) -> None:
+        """Stop counting ``slot`` (not yet gone) and stop its idle timer."""
+        slot.gone = True
+        self.open -= 1
+        self._stop_timer(slot)
+
     def _session_closed(self, _: object, slot: _Slot) -> None:
         # The inner host closed the session (autologout, restart): forget it.
         if slot in self.idle:
             self.idle.remove(slot)
         if not slot.gone:
-            slot.gone = True
-            self.open -= 1
-            self._stop_timer(slot)
+            self._forget(slot)
             self._wake()
 
     # -- shutting down -----------------------------------------------------
