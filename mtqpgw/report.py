@@ -301,9 +301,10 @@ def parse_report(lines: Sequence[bytes]) -> tuple[TrackingStatus, ...]:
 
 # -- Answer <-> wire.Response ----------------------------------------------
 
-# What wire.Response refuses in a status text (its own rule, restated here
-# so that an Answer carrying text from anywhere can still be sent).
-_TEXT_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# What wire.Response refuses in a status text: the very pattern, not a copy
+# that could drift from it, so that an Answer carrying text from anywhere
+# can still be sent.
+_TEXT_CONTROLS = wire._TEXT_FORBIDDEN
 # RFC 3887 section 12: 1*NAMECHAR.  Bounded here (64 each, 10 in all) so
 # that reasons can never crowd the text off a 998-octet status line.
 _REASON = re.compile(r"[A-Za-z0-9_-]{1,64}")
