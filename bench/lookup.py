@@ -4,7 +4,8 @@ Times, for envelope ids spread over the whole store, one look-up in flight
 at a time on a running reactor:
 
 - ``store``: ``SQLiteStore.lookup`` exactly as the daemon calls it (the
-  query-only connection on the reactor thread, for a file store);
+  query-only connection on the reactor thread, for a file store, and the
+  secret checked against the certifier as ``LocalTracker`` has it checked);
 - ``pool``: the same SQL through the adbapi thread, the path of ``":memory:"``
   and of a look-up the reader could not do;
 - ``sql``: the bare SQL (``select_message``) on a plain connection.
@@ -21,6 +22,7 @@ import random
 import sqlite3
 import sys
 import time
+from functools import partial
 from typing import Any
 
 from bench import common
@@ -55,6 +57,7 @@ def _synchronous(path: str, indexes: list[int]) -> dict[str, float]:
 async def _through_store(
     reactor: Any, path: str, indexes: list[int]
 ) -> tuple[dict[str, float], dict[str, float]]:
+    from mtqpgw.certifier import check_secret
     from mtqpgw.store import SQLiteStore, select_message
 
     store = SQLiteStore(path, reactor=reactor)
@@ -62,8 +65,9 @@ async def _through_store(
     by_lookup, by_pool = [], []
     try:
         for i in indexes:
+            accept = partial(check_secret, common.wire_secret(i))
             started = time.perf_counter()
-            message = await store.lookup(common.envid(i))
+            message = await store.lookup(common.envid(i), accept)
             by_lookup.append(time.perf_counter() - started)
             if message is None:
                 raise SystemExit(f"message {i} missing from {path}")
