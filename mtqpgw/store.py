@@ -446,6 +446,29 @@ def create_private(path: str) -> None:
     os.close(fd)
 
 
+def _check_schema(cursor: Any, path: str) -> int:
+    """The schema version; L{StoreError} for a database that is not ours to use.
+
+    A database of another program (tables, but no schema version of ours) is
+    refused, never migrated into; so is a schema newer than this code.
+    """
+    cursor.execute("PRAGMA user_version")
+    version = int(cursor.fetchone()[0])
+    if version == 0:
+        cursor.execute("SELECT count(*) FROM sqlite_master")
+        if cursor.fetchone()[0]:
+            raise StoreError(
+                f"cannot open the tracking store {path}: it is another program's "
+                "SQLite database (it has tables but no mtqpgw schema)"
+            )
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"cannot open the tracking store {path}: schema version {version} "
+            f"is newer than this mtqpgw understands ({SCHEMA_VERSION})"
+        )
+    return version
+
+
 def prepare_connection(connection: sqlite3.Connection, path: str) -> None:
     """Set pragmas and create or migrate the schema on a new connection.
 
@@ -453,35 +476,20 @@ def prepare_connection(connection: sqlite3.Connection, path: str) -> None:
     """
     try:
         cursor = connection.cursor()
-        # Before anything is written: a database of another program (tables,
-        # but no schema version of ours) is refused, never migrated into.
-        cursor.execute("PRAGMA user_version")
-        if cursor.fetchone()[0] == 0:
-            cursor.execute("SELECT count(*) FROM sqlite_master")
-            if cursor.fetchone()[0]:
-                raise StoreError(
-                    f"cannot open the tracking store {path}: it is another program's "
-                    "SQLite database (it has tables but no mtqpgw schema)"
-                )
+        # Before anything is written.
+        version = _check_schema(cursor, path)
         if not _is_memory(path):
             # WAL lets readers (TRACK look-ups) run while an import writes;
             # NORMAL durability is safe with WAL (a power cut may lose the
             # last commits, never corrupt the file).
             cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
-        cursor.execute("PRAGMA user_version")
-        version = cursor.fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"cannot open the tracking store {path}: schema version {version} "
-                f"is newer than this mtqpgw understands ({SCHEMA_VERSION})"
-            )
         if version < SCHEMA_VERSION:
             # IMMEDIATE takes the write lock first, so two processes opening a
-            # new file do not both migrate it.
+            # new file do not both migrate it; what another one did meanwhile
+            # is checked again under the lock.
             cursor.execute("BEGIN IMMEDIATE")
-            cursor.execute("PRAGMA user_version")
-            version = cursor.fetchone()[0]
+            version = _check_schema(cursor, path)
             for step in _MIGRATIONS[version:]:
                 for statement in step:
                     cursor.execute(statement)
@@ -501,6 +509,22 @@ def prepare_connection(connection: sqlite3.Connection, path: str) -> None:
         raise
 
 
+def open_store(path: str) -> sqlite3.Connection:
+    """A synchronous connection to the store at ``path``, its schema created or migrated.
+
+    Raises L{StoreError} naming ``path``.
+    """
+    check_path(path)
+    create_private(path)
+    try:
+        # A daemon's purge or an import may hold the write lock for a moment.
+        connection = sqlite3.connect(path, timeout=30.0)
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot open the tracking store {path}: {e}") from e
+    prepare_connection(connection, path)
+    return connection
+
+
 def inspect_store(path: str) -> None:
     """Raise L{StoreError} unless ``path`` is usable as a store, without writing to it.
 
@@ -518,22 +542,11 @@ def inspect_store(path: str) -> None:
     except sqlite3.Error as e:
         raise StoreError(f"cannot open the tracking store {path}: {e}") from e
     try:
-        version = connection.execute("PRAGMA user_version").fetchone()[0]
-        tables = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        _check_schema(connection.cursor(), path)
     except sqlite3.Error as e:
         raise StoreError(f"cannot open the tracking store {path}: {e}") from e
     finally:
         connection.close()
-    if version == 0 and tables:
-        raise StoreError(
-            f"cannot open the tracking store {path}: it is another program's "
-            "SQLite database (it has tables but no mtqpgw schema)"
-        )
-    if version > SCHEMA_VERSION:
-        raise StoreError(
-            f"cannot open the tracking store {path}: schema version {version} "
-            f"is newer than this mtqpgw understands ({SCHEMA_VERSION})"
-        )
 
 
 # --- The asynchronous store ------------------------------------------------
@@ -586,16 +599,8 @@ class SQLiteStore:
         For start-up, before the reactor runs: a store that cannot be used
         stops the daemon with one L{StoreError} line instead of failing later.
         """
-        check_path(self.path)
-        if _is_memory(self.path):
-            return
-        create_private(self.path)
-        try:
-            connection = sqlite3.connect(self.path, timeout=30.0)
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot open the tracking store {self.path}: {e}") from e
-        prepare_connection(connection, self.path)
-        connection.close()
+        if not _is_memory(self.path):
+            open_store(self.path).close()
 
     def start(self) -> defer.Deferred[None]:
         if self._pool is not None:
@@ -770,17 +775,9 @@ class SQLiteWriter:
     """
 
     def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
-        check_path(path)
-        create_private(path)
         self.path = path
         self._clock = clock
-        try:
-            # A daemon's purge may hold the write lock for a moment.
-            connection = sqlite3.connect(path, timeout=30.0)
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot open the tracking store {path}: {e}") from e
-        prepare_connection(connection, path)
-        self._connection: sqlite3.Connection | None = connection
+        self._connection: sqlite3.Connection | None = open_store(path)
 
     def upsert(self, records: Sequence[StoredMessage]) -> int:
         """Write ``records`` in one transaction (all or nothing); return how many."""
