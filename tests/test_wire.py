@@ -35,9 +35,6 @@ from tests import seed
 
 FAST = settings(max_examples=200, deadline=None)
 
-SEED_ENVID = "12345-20010101@example.com"
-SEED_SECRET = "YWJjZGVmZ2gK"
-
 
 def server_lines(transcript: str) -> list[bytes]:
     """The server lines of a seed transcript, without their "S:" prefix and CRLF."""
@@ -164,7 +161,7 @@ class SeedExampleTests(SynchronousTestCase):
         for example in range(6, 13):
             line = b"TRACK <12345-20010101@example.com> YWJjZGVmZ2gK"
             command = parse_command(line)
-            self.assertEqual(command, Track(SEED_ENVID, SEED_SECRET), f"example #{example}")
+            self.assertEqual(command, Track(seed.ENVID, seed.SECRET_B64), f"example #{example}")
             self.assertEqual(command.envid, "12345-20010101@example.com")
             self.assertEqual(command.secret, "YWJjZGVmZ2gK")
             self.assertEqual(command.to_bytes(), line + b"\r\n")
@@ -360,7 +357,7 @@ class ParseCommandTests(SynchronousTestCase):
         self.assertEqual(parse_command(b"TRACK a<b>c YWJj").envid, "a<b>c")
 
     def test_secret_base64(self) -> None:
-        for secret in (b"YWJjZA==", b"YWJjZGU=", b"YWJjZGVm", b"+/+/", SEED_SECRET.encode()):
+        for secret in (b"YWJjZA==", b"YWJjZGU=", b"YWJjZGVm", b"+/+/", seed.SECRET_B64.encode()):
             self.assertEqual(parse_command(b"TRACK <x> " + secret).secret, secret.decode())
 
     def test_starttls_domains(self) -> None:
@@ -395,8 +392,8 @@ class ParseCommandTests(SynchronousTestCase):
             self.assertNotIn(secret.decode(), str(caught.exception))
 
     def test_track_repr_hides_the_secret(self) -> None:
-        track = parse_command(b"TRACK <a@b> " + SEED_SECRET.encode())
-        self.assertNotIn(SEED_SECRET, repr(track))
+        track = parse_command(b"TRACK <a@b> " + seed.SECRET_B64.encode())
+        self.assertNotIn(seed.SECRET_B64, repr(track))
         self.assertIn("a@b", repr(track))
 
     @FAST
@@ -458,23 +455,23 @@ class ParseCommandTests(SynchronousTestCase):
 class BuilderTests(SynchronousTestCase):
     def test_track_line(self) -> None:
         expected = b"TRACK <12345-20010101@example.com> YWJjZGVmZ2gK\r\n"
-        self.assertEqual(track_line(SEED_ENVID, SEED_SECRET), expected)
-        self.assertEqual(track_line("<" + SEED_ENVID + ">", SEED_SECRET), expected)
+        self.assertEqual(track_line(seed.ENVID, seed.SECRET_B64), expected)
+        self.assertEqual(track_line("<" + seed.ENVID + ">", seed.SECRET_B64), expected)
 
     def test_track_line_refuses_injection(self) -> None:
         for envid, secret in (
-            ("a\r\nQUIT", SEED_SECRET),
-            ("a", SEED_SECRET + "\r\nQUIT"),
-            ("a b", SEED_SECRET),
-            ("", SEED_SECRET),
-            ("<>", SEED_SECRET),
-            ("caf\u00e9", SEED_SECRET),
+            ("a\r\nQUIT", seed.SECRET_B64),
+            ("a", seed.SECRET_B64 + "\r\nQUIT"),
+            ("a b", seed.SECRET_B64),
+            ("", seed.SECRET_B64),
+            ("<>", seed.SECRET_B64),
+            ("caf\u00e9", seed.SECRET_B64),
             ("a", "not base64"),
             ("a", ""),
-            ("x" * 990, SEED_SECRET),
+            ("x" * 990, seed.SECRET_B64),
         ):
             self.assertRaises(ValueError, track_line, envid, secret)
-        self.assertRaises(TypeError, track_line, b"a", SEED_SECRET)
+        self.assertRaises(TypeError, track_line, b"a", seed.SECRET_B64)
 
     def test_starttls_line(self) -> None:
         self.assertEqual(starttls_line("Mtqp.Example.COM."), b"STARTTLS mtqp.example.com\r\n")
