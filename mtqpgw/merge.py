@@ -160,7 +160,7 @@ def screen(
     speak for another (review M2).  Names the gateway does not know (hosts
     behind an inner gateway) are that host's to report.
     """
-    wanted = _bare_envid(envid)
+    wanted = _unbracketed(envid)
     own = {key for key in map(host_key, (gateway, *addresses)) if key}
     asker = host_key(host)
     others = {key for key in map(host_key, inner) if key and key != asker} if asker else set()
@@ -168,7 +168,7 @@ def screen(
     refused: list[tuple[TrackingStatus, str]] = []
     for part in parts:
         name = reporter_name(part.reporting_mta)
-        if _bare_envid(part.original_envelope_id) != wanted:
+        if _unbracketed(part.original_envelope_id) != wanted:
             refused.append((part, "its Original-Envelope-Id is another message's"))
         elif name is None:
             refused.append((part, "its Reporting-MTA is not a plain host name or address"))
@@ -454,8 +454,9 @@ def _is_anyone(key: str) -> bool:
     return address is not None and (address.is_loopback or address.is_unspecified)
 
 
-def _bare_envid(envid: str) -> str:
-    text = envid.strip()
+def _unbracketed(text: str) -> str:
+    """``text`` without surrounding white space and one pair of angle brackets."""
+    text = text.strip()
     if len(text) >= 2 and text[0] == "<" and text[-1] == ">":
         text = text[1:-1].strip()
     return text
@@ -683,10 +684,7 @@ def _join_form(address: str | None) -> str | None:
     """
     if address is None:
         return None
-    text = address.strip()
-    if len(text) >= 2 and text[0] == "<" and text[-1] == ">":
-        text = text[1:-1].strip()
-    return text.lower() or None
+    return _unbracketed(address).lower() or None
 
 
 def _handed_to(blocks: Iterable[RecipientStatus]) -> set[str]:
