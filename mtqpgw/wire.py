@@ -403,7 +403,8 @@ class ResponseParser:
                 raise self._fail("a response line is longer than 998 octets")
             if self._lines_seen > self.max_lines:
                 raise self._fail("the response has more lines than the line cap")
-            if b"\r" in new.replace(b"\r\n", b"") or b"\n" in new.replace(b"\r\n", b""):
+            bare = new.replace(b"\r\n", b"")
+            if b"\r" in bare or b"\n" in bare:
                 raise self._fail("a data line holds a bare CR or LF")
             if self._status_octets + self._checked > self.max_octets:
                 raise self._fail("the response is larger than the octet cap")
