@@ -397,11 +397,10 @@ class MTQPServer(LineReceiver, TimeoutMixin):
                 if context is None
                 else _response(wire.Indicator.OK, (), "Begin TLS negotiation")
             )
+        self._write(reply)
         if context is None:
-            self._write(reply)
             self._unpause("starttls")
             return
-        self._write(reply)
         # Everything the client sent after STARTTLS in the clear is dropped
         # (CVE-2011-0411 class): the queue and LineReceiver's buffer.
         self._queue.clear()
@@ -499,8 +498,13 @@ class MTQPServer(LineReceiver, TimeoutMixin):
 
     def _throttle_finished(self, failed: bool) -> None:
         throttle, now = self.factory.throttle, self.factory.clock.seconds()
+        if not failed:
+            # Nothing recorded, so the count cannot cross the limit: no
+            # counting before and after for every TRACK that found something.
+            throttle.finished(self.throttle_client, now, False)
+            return
         before = throttle.failures(self.throttle_client, now)
-        throttle.finished(self.throttle_client, now, failed)
+        throttle.finished(self.throttle_client, now, True)
         if throttle.failures(self.throttle_client, now) >= throttle.limit > before:
             # One line when an address crosses the limit, not one per guess.
             log.warn(
