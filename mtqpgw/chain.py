@@ -352,6 +352,10 @@ class _Query:
 
     def _cancelled(self, _: defer.Deferred[Answer]) -> None:
         # The outside client went away: stop all work for it.
+        self._stop()
+
+    def _stop(self) -> None:
+        """Finished: no deadline any more, and nothing still running."""
         self.finished = True
         self._stop_timer()
         self._cancel_all()
@@ -371,18 +375,16 @@ class _Query:
     def _deadline_passed(self) -> None:
         self.timer = None
         self.expired = True
-        if self.local_d is not None:
+        local_late = self.local_d is not None
+        if local_late:
             log.warn(
                 "TRACK {envid}: the local store did not answer within {deadline:g}s",
                 envid=self.envid,
                 deadline=self.tracker.deadline,
             )
-            self._cancel_all()
-            self._finish(_LATE)
-            return
-        # Each cancelled host logs itself ("no answer before the deadline").
+        # Each cancelled inner host logs itself ("no answer before the deadline").
         self._cancel_all()
-        self._finish(self._compose())
+        self._finish(_LATE if local_late else self._compose())
 
     def _finish(self, answer: Answer) -> None:
         if self.finished:
@@ -411,10 +413,11 @@ class _Query:
     def _start_inner(self, answer: Answer) -> None:
         self.local_answer = answer
         tracker = self.tracker
-        if answer.outcome is Outcome.OK and answer.parts and not is_failed_lookup(answer):
+        unknown = is_failed_lookup(answer)
+        if answer.outcome is Outcome.OK and answer.parts and not unknown:
             self.local_part = answer.parts[0]
             targets = tracker.targets_for(answer.parts)
-        elif is_failed_lookup(answer) and tracker.fanout:
+        elif unknown and tracker.fanout:
             # No record here (or a wrong secret: the same thing): any inner
             # host may have seen the message.
             targets = list(tracker.inner)
@@ -429,9 +432,7 @@ class _Query:
         self.local_d = None
         if self.finished or self.expired:
             return None
-        self.finished = True
-        self._stop_timer()
-        self._cancel_all()
+        self._stop()
         # The server answers -TEMP for a tracker that fails.
         self.result.errback(failure)
         return None
