@@ -213,7 +213,8 @@ def parse_report_counted(lines: Sequence[bytes]) -> tuple[tuple[TrackingStatus, 
     """
     # Lines are expected without CRLF; a CR left by a LF-only splitter goes.
     body = list(lines)
-    if b"\r\n" in b"\n".join(body) + b"\n":
+    joined = b"\n".join(body)
+    if b"\r\n" in joined or joined.endswith(b"\r"):
         body = [line[:-1] if line.endswith(b"\r") else line for line in body]
 
     # The answer's own header block: from the first non-empty line to the
