@@ -196,14 +196,19 @@ _RELAYED_USER1 = RecipientStatus(
     remote_mta="dns; smtp.example3.com",
     last_attempt_date=LAST_ATTEMPT_DATE,
 )
-_RELAYED_USER1_LINES = [
-    f"Original-Recipient: {_USER1}",
-    f"Final-Recipient: {_USER1}",
-    "Action: relayed",
-    "Status: 2.1.9",
-    "Remote-MTA: dns; smtp.example3.com",
-    f"Last-Attempt-Date: {LAST_ATTEMPT_DATE}",
-]
+
+
+def _relayed_user1_lines(remote_mta: str = "dns; smtp.example3.com") -> list[str]:
+    """The body lines of ``_RELAYED_USER1`` (with *remote_mta*, as examples 9 and 12 have it)."""
+    return [
+        f"Original-Recipient: {_USER1}",
+        f"Final-Recipient: {_USER1}",
+        "Action: relayed",
+        "Status: 2.1.9",
+        f"Remote-MTA: {remote_mta}",
+        f"Last-Attempt-Date: {LAST_ATTEMPT_DATE}",
+    ]
+
 
 _EXAMPLE_6 = _example(
     6,
@@ -367,13 +372,8 @@ _EXAMPLE_9 = _example(
     ),
     [
         _message_fields()
+        + _relayed_user1_lines("dns; example3.com")
         + [
-            f"Original-Recipient: {_USER1}",
-            f"Final-Recipient: {_USER1}",
-            "Action: relayed",
-            "Status: 2.1.9",
-            "Remote-MTA: dns; example3.com",
-            f"Last-Attempt-Date: {LAST_ATTEMPT_DATE}",
             "",
             f"Original-Recipient: {_USER2}",
             f"Final-Recipient: {_USER2}",
@@ -427,7 +427,7 @@ _EXAMPLE_10 = _example(
         ),
     ),
     [
-        _message_fields() + _RELAYED_USER1_LINES,
+        _message_fields() + _relayed_user1_lines(),
         _message_fields("dns; smtp.example3.com")
         + [
             f"Original-Recipient: {_USER2}",
@@ -483,7 +483,7 @@ _EXAMPLE_11 = _example(
     ),
     [
         _message_fields()
-        + _RELAYED_USER1_LINES
+        + _relayed_user1_lines()
         + [
             "",
             f"Original-Recipient: {_USER2}",
@@ -534,15 +534,7 @@ _EXAMPLE_12 = _example(
         ),
     ),
     [
-        _message_fields()
-        + [
-            f"Original-Recipient: {_USER1}",
-            f"Final-Recipient: {_USER1}",
-            "Action: relayed",
-            "Status: 2.1.9",
-            "Remote-MTA: dns; example2.com",
-            f"Last-Attempt-Date: {LAST_ATTEMPT_DATE}",
-        ],
+        _message_fields() + _relayed_user1_lines("dns; example2.com"),
         _message_fields()
         + [
             f"Original-Recipient: {_USER2}",
