@@ -17,6 +17,7 @@ from dataclasses import dataclass
 __all__ = ["Client", "FailureThrottle", "client_key", "parse_networks"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def parse_networks(entries: Iterable[object]) -> tuple[Network, ...]:
@@ -24,17 +25,28 @@ def parse_networks(entries: Iterable[object]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(str(entry), strict=False) for entry in entries)
 
 
-def client_key(address: str) -> str:
-    """The unit a client is counted in: the address, or its /64 for IPv6."""
+def _ip(address: str) -> IPAddress | None:
+    """The address, an IPv4-mapped IPv6 one as IPv4; None when it is no IP address."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _key(address: str, ip: IPAddress | None) -> str:
+    if ip is None:
         return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
+    if ip.version == 6:
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(ip)
+
+
+def client_key(address: str) -> str:
+    """The unit a client is counted in: the address, or its /64 for IPv6."""
+    return _key(address, _ip(address))
 
 
 @dataclass(frozen=True)
@@ -71,15 +83,12 @@ class FailureThrottle:
         """The L{Client} for ``address`` (a L{Client} is returned as it is)."""
         if isinstance(address, Client):
             return address
-        return Client(client_key(address), self.is_exempt(address))
+        ip = _ip(address)  # parsed once for both
+        return Client(_key(address, ip), self._exempt(ip))
 
-    def is_exempt(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
+    def _exempt(self, ip: IPAddress | None) -> bool:
+        if ip is None:
             return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
         return any(ip in net for net in self.exempt if net.version == ip.version)
 
     def _recent(self, key: str, now: float) -> deque[float] | None:
