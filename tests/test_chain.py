@@ -83,6 +83,18 @@ class FakePool:
         self.call(host).deferred.errback(exc)
 
 
+def stored(part: TrackingStatus, secret: str = SECRET_B64) -> StoredMessage:
+    """What a store keeps for ``part``, its secret ``secret``, expiring in 2100."""
+    return StoredMessage(
+        envid=part.original_envelope_id,
+        certifier=certifier_for_secret(secret),
+        expires=FAR_FUTURE,
+        recipients=part.recipients,
+        arrival_date=part.arrival_date,
+        received_from_mta=part.received_from_mta,
+    )
+
+
 class DictStore:
     """An ITrackingStore in a dict, answering at once (or never, when told to hang)."""
 
@@ -92,14 +104,7 @@ class DictStore:
         self.lookups: list[defer.Deferred[Any]] = []
 
     def add(self, part: TrackingStatus, secret: str = SECRET_B64) -> None:
-        self.messages[part.original_envelope_id] = StoredMessage(
-            envid=part.original_envelope_id,
-            certifier=certifier_for_secret(secret),
-            expires=FAR_FUTURE,
-            recipients=part.recipients,
-            arrival_date=part.arrival_date,
-            received_from_mta=part.received_from_mta,
-        )
+        self.messages[part.original_envelope_id] = stored(part, secret)
 
     def lookup(self, envid: str, accept: Any = None) -> defer.Deferred[StoredMessage | None]:
         if self.hang:

@@ -20,21 +20,20 @@ from twisted.internet import defer, endpoints, reactor
 from twisted.trial.unittest import TestCase
 
 from mtqpgw import client
-from mtqpgw.certifier import certifier_for_secret
 from mtqpgw.chain import ChainingTracker
 from mtqpgw.config import ChainConfig, InnerHost, RewriteRule
 from mtqpgw.pool import SessionPool
 from mtqpgw.rewrite import Rewriter
 from mtqpgw.server import MTQPServerFactory, ServerLimits
 from mtqpgw.status import Action, Answer, RecipientStatus, TrackingStatus
-from mtqpgw.store import LocalTracker, SQLiteStore, StoredMessage
+from mtqpgw.store import LocalTracker, SQLiteStore
 from tests import fakes
 from tests.seed import ENVID, EXAMPLES, SECRET_B64
+from tests.test_chain import stored
 
 DEADLINE = 1.5
 # Scheduling slack on a loaded machine: the answer must come by DEADLINE + SLACK.
 SLACK = 1.0
-FAR_FUTURE = 4_102_444_800  # 2100-01-01
 GATEWAY = "example2.com"
 CHAIN_ENVID = "chain-2@example1.com"
 
@@ -56,17 +55,6 @@ BAD_HOSTS: dict[str, tuple[type[fakes.FakeMTQPServer], dict[str, Any]]] = {
 REFUSED = "refused.corp.example.com"
 
 
-def stored(part: TrackingStatus, secret: str = SECRET_B64) -> StoredMessage:
-    return StoredMessage(
-        envid=part.original_envelope_id,
-        certifier=certifier_for_secret(secret),
-        expires=FAR_FUTURE,
-        recipients=part.recipients,
-        arrival_date=part.arrival_date,
-        received_from_mta=part.received_from_mta,
-    )
-
-
 def block(user: str, action: Action, remote: str | None = None) -> RecipientStatus:
     status = {Action.RELAYED: "2.1.9", Action.TRANSFERRED: "2.4.0"}.get(action, "2.5.0")
     return RecipientStatus(
@@ -78,9 +66,11 @@ def block(user: str, action: Action, remote: str | None = None) -> RecipientStat
     )
 
 
-def chain_part(reporter: str, *blocks: RecipientStatus) -> TrackingStatus:
+def chain_part(
+    reporter: str, *blocks: RecipientStatus, envid: str = CHAIN_ENVID
+) -> TrackingStatus:
     return TrackingStatus(
-        original_envelope_id=CHAIN_ENVID,
+        original_envelope_id=envid,
         reporting_mta=f"dns; {reporter}",
         arrival_date="Mon, 30 Nov 2026 15:15:15 +0000",
         recipients=blocks,

@@ -58,6 +58,7 @@ from tests.test_chain_integration import (
     RecordingPool,
     TrackedServerFactory,
     block,
+    chain_part,
 )
 from tests.test_server import FOUND, HOST, FakeTLS, TLSTransport
 
@@ -1006,25 +1007,16 @@ FAULTY_ENVID = "faulty@example1.com"
 LOCAL_ENVID = "local-only@example1.com"
 
 
-def _part(envid: str, reporter: str, *blocks: Any) -> TrackingStatus:
-    return TrackingStatus(
-        original_envelope_id=envid,
-        reporting_mta=f"dns; {reporter}",
-        arrival_date="Mon, 30 Nov 2026 15:15:15 +0000",
-        recipients=blocks,
-    )
-
-
-GATEWAY_FAULTY_PART = _part(
-    FAULTY_ENVID,
+GATEWAY_FAULTY_PART = chain_part(
     GATEWAY,
     *(
         block(f"{name.split('.')[0]}@example1.com", Action.RELAYED, name)
         for name in [GOOD, *FAULTS, REFUSED, BAD_CERT]
     ),
+    envid=FAULTY_ENVID,
 )
-GOOD_PART = _part(FAULTY_ENVID, GOOD, block("good@example1.com", Action.DELIVERED))
-LOCAL_PART = _part(LOCAL_ENVID, GATEWAY, block("here@example1.com", Action.DELIVERED))
+GOOD_PART = chain_part(GOOD, block("good@example1.com", Action.DELIVERED), envid=FAULTY_ENVID)
+LOCAL_PART = chain_part(GATEWAY, block("here@example1.com", Action.DELIVERED), envid=LOCAL_ENVID)
 
 
 class InnerFaultTests(SocketTestCase):
@@ -1052,7 +1044,9 @@ class InnerFaultTests(SocketTestCase):
 
         rogue = certs.new_authority("Rogue CA").issue([BAD_CERT])
         bad_cert_tracker = CountingTracker(
-            LocalTracker(await self.net.store_with(_part(FAULTY_ENVID, BAD_CERT)), BAD_CERT)
+            LocalTracker(
+                await self.net.store_with(chain_part(BAD_CERT, envid=FAULTY_ENVID)), BAD_CERT
+            )
         )
         bad_cert_port, _ = self.serve(
             bad_cert_tracker,
