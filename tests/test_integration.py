@@ -23,25 +23,12 @@ from twisted.internet import defer, endpoints, protocol, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mtqpgw import cli, wire
-from mtqpgw.report import answer_from_response
-from mtqpgw.status import Outcome, RecipientStatus
+from mtqpgw.report import answer_from_response, answer_to_json
+from mtqpgw.status import Answer, Outcome
 from tests import seed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAR_FUTURE = "2099-01-01T00:00:00Z"
-
-
-def _recipient_json(r: RecipientStatus) -> dict[str, Any]:
-    return {
-        "original_recipient": r.original_recipient,
-        "final_recipient": r.final_recipient,
-        "action": r.action.value,
-        "status": r.status,
-        "remote_mta": r.remote_mta,
-        "diagnostic_code": r.diagnostic_code,
-        "last_attempt_date": r.last_attempt_date,
-        "will_retry_until": r.will_retry_until,
-    }
 
 
 def example_envid(number: int) -> str:
@@ -51,11 +38,14 @@ def example_envid(number: int) -> str:
 def example_record(number: int, expires: str | None = FAR_FUTURE) -> dict[str, Any]:
     """An import line describing seed example ``number`` (one part, reported by example2.com)."""
     (part,) = seed.EXAMPLES[number].parts
+    # A recipient of mtqp track --json (interface.md section 4) is an import
+    # recipient (section 3).
+    (hop,) = answer_to_json(Answer.found([part]), "")["hops"]
     record: dict[str, Any] = {
         "envid": example_envid(number),
         "secret": seed.SECRET_OCTETS.decode(),
         "arrival_date": part.arrival_date,
-        "recipients": [_recipient_json(r) for r in part.recipients],
+        "recipients": hop["recipients"],
     }
     if expires is not None:
         record["expires"] = expires
@@ -228,15 +218,19 @@ class TwistdTests(SynchronousTestCase):
             timeout=60,
         )
 
+    def twistd_with(self, config: str) -> subprocess.CompletedProcess[str]:
+        """``twistd -n mtqpgw`` on a config file holding ``config``."""
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(config)
+        return self.twistd("-n", "--pidfile=", "mtqpgw", "--config", path)
+
     def test_help_lists_plugin(self) -> None:
         result = self.twistd("--help")
         self.assertIn("mtqpgw", result.stdout)
 
     def test_bad_config_one_line(self) -> None:
-        path = os.path.abspath(self.mktemp())
-        with open(path, "w") as f:
-            f.write('[server]\nidle_timeout = 60\nlisten = "tcp:0"\n')
-        result = self.twistd("-n", "--pidfile=", "mtqpgw", "--config", path)
+        result = self.twistd_with('[server]\nidle_timeout = 60\nlisten = "tcp:0"\n')
         self.assertNotEqual(result.returncode, 0)
         lines = result.stderr.strip().splitlines()
         self.assertEqual(len(lines), 1, result.stderr)
@@ -244,10 +238,7 @@ class TwistdTests(SynchronousTestCase):
         self.assertNotIn("Traceback", result.stderr + result.stdout)
 
     def test_unknown_key_one_line(self) -> None:
-        path = os.path.abspath(self.mktemp())
-        with open(path, "w") as f:
-            f.write("[server]\nlisten_on = 5\n")
-        result = self.twistd("-n", "--pidfile=", "mtqpgw", "--config", path)
+        result = self.twistd_with("[server]\nlisten_on = 5\n")
         self.assertNotEqual(result.returncode, 0)
         self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
         self.assertIn("listen_on", result.stderr)
@@ -260,11 +251,9 @@ class TwistdTests(SynchronousTestCase):
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        path = os.path.abspath(self.mktemp())
-        with open(path, "w") as f:
-            f.write(f'[server]\nlisten = "tcp:{port}:interface=127.0.0.1"\n')
-            f.write('[store]\npath = ":memory:"\n')
-        result = self.twistd("-n", "--pidfile=", "mtqpgw", "--config", path)
+        result = self.twistd_with(
+            f'[server]\nlisten = "tcp:{port}:interface=127.0.0.1"\n[store]\npath = ":memory:"\n'
+        )
         self.assertNotEqual(result.returncode, 0)
         # twistd has started logging by then, so the line is in the log.
         output = result.stdout + result.stderr
@@ -276,10 +265,9 @@ class TwistdTests(SynchronousTestCase):
         )
 
     def test_unwritable_store_one_line(self) -> None:
-        path = os.path.abspath(self.mktemp())
-        with open(path, "w") as f:
-            f.write('[server]\nlisten = "tcp:0"\n[store]\npath = "/nonexistent-dir/x.sqlite3"\n')
-        result = self.twistd("-n", "--pidfile=", "mtqpgw", "--config", path)
+        result = self.twistd_with(
+            '[server]\nlisten = "tcp:0"\n[store]\npath = "/nonexistent-dir/x.sqlite3"\n'
+        )
         self.assertNotEqual(result.returncode, 0)
         self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
         self.assertIn("store.path", result.stderr)
