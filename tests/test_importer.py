@@ -50,6 +50,14 @@ def record(**changes: Any) -> dict[str, Any]:
             }
         ],
     }
+    return _changed(obj, changes)
+
+
+_DROP = object()
+
+
+def _changed(obj: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` with ``changes`` applied; a value of ``_DROP`` removes its key."""
     for key, value in changes.items():
         if value is _DROP:
             obj.pop(key, None)
@@ -58,21 +66,12 @@ def record(**changes: Any) -> dict[str, Any]:
     return obj
 
 
-_DROP = object()
-
-
 def line(**changes: Any) -> str:
     return json.dumps(record(**changes))
 
 
 def rcpt(**changes: Any) -> dict[str, Any]:
-    r = dict(record()["recipients"][0])
-    for key, value in changes.items():
-        if value is _DROP:
-            r.pop(key, None)
-        else:
-            r[key] = value
-    return r
+    return _changed(dict(record()["recipients"][0]), changes)
 
 
 class ParseLineTests(SynchronousTestCase):
