@@ -81,6 +81,9 @@ class FakeMTQPServer(LineReceiver):
     greeting = b"+OK/MTQP fake.invalid MTQP server ready\r\n"
 
     factory: FakeServerFactory
+    # A subclass's pending clock call (DripServer, EndlessBodyServer): cancelled
+    # when the connection goes.
+    _call: Any = None
 
     def connectionMade(self) -> None:
         self.factory.connection_made(self)
@@ -88,6 +91,8 @@ class FakeMTQPServer(LineReceiver):
             self.transport.write(self.greeting)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
         self.factory.connection_lost(self)
 
     def lineReceived(self, line: bytes) -> None:
@@ -137,8 +142,6 @@ class HangServer(FakeMTQPServer):
 class DripServer(FakeMTQPServer):
     """A valid answer, one byte per tick of ``options["interval"]`` seconds (default 0.1)."""
 
-    _call: Any = None
-
     def track(self, line: bytes) -> None:
         self._pending = self.factory.options.get("response") or canned_answer()
         self._drip()
@@ -151,11 +154,6 @@ class DripServer(FakeMTQPServer):
         self.transport.write(byte)
         self.factory.octets_sent += 1
         self._call = self.clock.callLater(self.factory.options.get("interval", 0.1), self._drip)
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        super().connectionLost(reason)
 
 
 class GarbageServer(FakeMTQPServer):
@@ -201,7 +199,6 @@ class EndlessBodyServer(FakeMTQPServer):
     )
     CHUNK = (b"X-Filler: " + b"x" * 80 + b"\r\n") * 512
     TOTAL: int | None = None
-    _call: Any = None
     _paused = False
     _stopped = False
 
@@ -237,8 +234,6 @@ class EndlessBodyServer(FakeMTQPServer):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._stopped = True
-        if self._call is not None and self._call.active():
-            self._call.cancel()
         super().connectionLost(reason)
 
 
