@@ -769,6 +769,12 @@ class RewriteRuleTests(SynchronousTestCase):
 
 
 class LoadTests(SynchronousTestCase):
+    def refused(self, path: str) -> ConfigError:
+        """The ConfigError load_config(path) raises."""
+        with self.assertRaises(ConfigError) as caught:
+            load_config(path)
+        return caught.exception
+
     def write(self, text: str | bytes, name: str = "mtqpgw.toml") -> FilePath:
         directory = FilePath(self.mktemp())
         directory.makedirs()
@@ -801,76 +807,60 @@ class LoadTests(SynchronousTestCase):
 
     def test_missing_file(self) -> None:
         missing = os.path.join(self.mktemp(), "nope.toml")
-        with self.assertRaises(ConfigError) as caught:
-            load_config(missing)
-        self.assertEqual(str(caught.exception), "cannot read the file: No such file or directory")
-        self.assertEqual(caught.exception.path, os.path.abspath(missing))
+        error = self.refused(missing)
+        self.assertEqual(str(error), "cannot read the file: No such file or directory")
+        self.assertEqual(error.path, os.path.abspath(missing))
 
     def test_directory(self) -> None:
         directory = self.mktemp()
         os.makedirs(directory)
-        with self.assertRaises(ConfigError) as caught:
-            load_config(directory)
-        self.assertEqual(str(caught.exception), "cannot read the file: Is a directory")
+        error = self.refused(directory)
+        self.assertEqual(str(error), "cannot read the file: Is a directory")
 
     def test_syntax_error(self) -> None:
         path = self.write('[server]\nhostname = "a"\nidle_timeout = = 5\n')
-        with self.assertRaises(ConfigError) as caught:
-            load_config(path.path)
-        self.assertEqual(
-            str(caught.exception), "line 3, column 16: TOML syntax error: invalid value"
-        )
-        self.assertEqual(caught.exception.line, 3)
-        self.assertEqual(caught.exception.path, path.path)
+        error = self.refused(path.path)
+        self.assertEqual(str(error), "line 3, column 16: TOML syntax error: invalid value")
+        self.assertEqual(error.line, 3)
+        self.assertEqual(error.path, path.path)
 
     def test_syntax_error_at_end(self) -> None:
         path = self.write("[server]\nhostname = ")
-        with self.assertRaises(ConfigError) as caught:
-            load_config(path.path)
-        self.assertEqual(
-            str(caught.exception), "TOML syntax error at the end of the file: invalid value"
-        )
+        error = self.refused(path.path)
+        self.assertEqual(str(error), "TOML syntax error at the end of the file: invalid value")
 
     def test_not_utf8(self) -> None:
         path = self.write(b'[server]\nhostname = "\xff"\n')
-        with self.assertRaises(ConfigError) as caught:
-            load_config(path.path)
-        self.assertEqual(len(str(caught.exception).splitlines()), 1)
-        self.assertIn("UTF-8", str(caught.exception))
+        error = self.refused(path.path)
+        self.assertEqual(len(str(error).splitlines()), 1)
+        self.assertIn("UTF-8", str(error))
 
     def test_huge_integer(self) -> None:
         path = self.write("[server]\nmax_commands = " + "9" * 5000 + "\n")
-        with self.assertRaises(ConfigError) as caught:
-            load_config(path.path)
-        self.assertTrue(str(caught.exception).startswith("cannot parse the file: "))
+        error = self.refused(path.path)
+        self.assertTrue(str(error).startswith("cannot parse the file: "))
 
     def test_validation_error_carries_path(self) -> None:
         path = self.write("[server]\nidle_timeout = 60\n")
-        with self.assertRaises(ConfigError) as caught:
-            load_config(path.path)
+        error = self.refused(path.path)
         self.assertEqual(
-            str(caught.exception),
+            str(error),
             "server.idle_timeout: must be at least 600 seconds (RFC 3887 section 2.5), got 60",
         )
-        self.assertEqual(caught.exception.path, path.path)
+        self.assertEqual(error.path, path.path)
 
     def test_files_must_exist(self) -> None:
         path = self.write('[tls]\ncertificates = [{cert = "c.pem", key = "k.pem"}]\n')
-        with self.assertRaises(ConfigError) as caught:
-            load_config(path.path)
+        error = self.refused(path.path)
         cert = path.sibling("c.pem")
-        self.assertEqual(
-            str(caught.exception), f"tls.certificates[0].cert: no such file: {cert.path}"
-        )
+        self.assertEqual(str(error), f"tls.certificates[0].cert: no such file: {cert.path}")
         cert.setContent(b"")
-        with self.assertRaises(ConfigError) as caught:
-            load_config(path.path)
-        self.assertEqual(caught.exception.key, "tls.certificates[0].key")
+        error = self.refused(path.path)
+        self.assertEqual(error.key, "tls.certificates[0].key")
         path.sibling("k.pem").makedirs()
-        with self.assertRaises(ConfigError) as caught:
-            load_config(path.path)
+        error = self.refused(path.path)
         self.assertEqual(
-            str(caught.exception),
+            str(error),
             f"tls.certificates[0].key: not a readable file: {path.sibling('k.pem').path}",
         )
         # Without the check, the same file parses.
@@ -880,26 +870,23 @@ class LoadTests(SynchronousTestCase):
         path = self.write(
             "[[chain.inner]]\nname = 'a.corp.example.com'\ntls = 'required'\ncafile = 'ca.pem'\n"
         )
-        with self.assertRaises(ConfigError) as caught:
-            load_config(path.path)
-        self.assertEqual(caught.exception.key, "chain.inner[0].cafile")
+        error = self.refused(path.path)
+        self.assertEqual(error.key, "chain.inner[0].cafile")
         path.sibling("ca.pem").setContent(b"")
         load_config(path.path)
 
     def test_store_directory_must_exist(self) -> None:
         path = self.write('[store]\npath = "nowhere/x.sqlite3"\n')
-        with self.assertRaises(ConfigError) as caught:
-            load_config(path.path)
+        error = self.refused(path.path)
         self.assertEqual(
-            str(caught.exception),
+            str(error),
             f"store.path: the directory does not exist: {path.sibling('nowhere').path}",
         )
         path.sibling("nowhere").makedirs()
         load_config(path.path)
         path.sibling("nowhere").child("x.sqlite3").makedirs()
-        with self.assertRaises(ConfigError) as caught:
-            load_config(path.path)
-        self.assertTrue(str(caught.exception).startswith("store.path: is a directory"))
+        error = self.refused(path.path)
+        self.assertTrue(str(error).startswith("store.path: is a directory"))
 
     def test_admin_down_file_directory_may_be_missing(self) -> None:
         # /run/mtqpgw is gone after a reboot until something makes it again:
@@ -911,10 +898,9 @@ class LoadTests(SynchronousTestCase):
 
     def test_unix_socket_directory_must_exist(self) -> None:
         path = self.write('[server]\nlisten = "unix:run/mtqp.sock"\n')
-        with self.assertRaises(ConfigError) as caught:
-            load_config(path.path)
+        error = self.refused(path.path)
         self.assertEqual(
-            str(caught.exception),
+            str(error),
             f"server.listen: the socket's directory does not exist: {path.sibling('run').path}",
         )
         path.sibling("run").makedirs()
