@@ -442,14 +442,19 @@ class SQLiteStoreTests(StoreTestMixin, TestCase):
 class OpenErrorTests(StoreTestMixin, TestCase):
     """A store that cannot be opened gives one readable StoreError naming the path."""
 
-    @deferred_test
-    async def test_missing_directory(self) -> None:
-        path = os.path.join(self.mktemp(), "nope", "store.sqlite3")
+    async def start_refused(self, path: str) -> tuple[SQLiteStore, StoreError]:
+        """A store at ``path`` and the StoreError its start() fails with."""
         store, _ = self.make_store(path=path)
         with self.assertRaises(StoreError) as caught:
             await store.start()
-        self.assertIn(path, str(caught.exception))
-        self.assertNotIn("\n", str(caught.exception))
+        return store, caught.exception
+
+    @deferred_test
+    async def test_missing_directory(self) -> None:
+        path = os.path.join(self.mktemp(), "nope", "store.sqlite3")
+        store, error = await self.start_refused(path)
+        self.assertIn(path, str(error))
+        self.assertNotIn("\n", str(error))
         await store.stop()
         with self.assertRaises(StoreError) as caught:
             SQLiteWriter(path)
@@ -460,11 +465,9 @@ class OpenErrorTests(StoreTestMixin, TestCase):
         path = self.db_path()
         SQLiteWriter(path).close()
         os.chmod(path, 0o444)
-        store, _ = self.make_store(path=path)
-        with self.assertRaises(StoreError) as caught:
-            await store.start()
-        self.assertIn(path, str(caught.exception))
-        self.assertIn("read-only", str(caught.exception))
+        _, error = await self.start_refused(path)
+        self.assertIn(path, str(error))
+        self.assertIn("read-only", str(error))
         with self.assertRaises(StoreError) as caught:
             SQLiteWriter(path)
         self.assertIn(path, str(caught.exception))
@@ -474,11 +477,9 @@ class OpenErrorTests(StoreTestMixin, TestCase):
         path = self.db_path()
         with open(path, "wb") as f:
             f.write(b"this is not an SQLite file, not at all" * 100)
-        store, _ = self.make_store(path=path)
-        with self.assertRaises(StoreError) as caught:
-            await store.start()
-        self.assertIn(path, str(caught.exception))
-        self.assertNotIn("\n", str(caught.exception))
+        _, error = await self.start_refused(path)
+        self.assertIn(path, str(error))
+        self.assertNotIn("\n", str(error))
 
     @deferred_test
     async def test_newer_schema(self) -> None:
@@ -486,11 +487,9 @@ class OpenErrorTests(StoreTestMixin, TestCase):
         db = sqlite3.connect(path)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
         db.close()
-        store, _ = self.make_store(path=path)
-        with self.assertRaises(StoreError) as caught:
-            await store.start()
-        self.assertIn("newer", str(caught.exception))
-        self.assertIn(path, str(caught.exception))
+        _, error = await self.start_refused(path)
+        self.assertIn("newer", str(error))
+        self.assertIn(path, str(error))
 
 
 class CheckAndServiceTests(StoreTestMixin, TestCase):
