@@ -203,7 +203,7 @@ _ADDRESS_GLOB = frozenset("0123456789abcdef.:*?")
 def _may_match_address(rule: _Rule) -> bool:
     if rule.address is not None:
         return True
-    return set(match_subject(rule.source).lower()) <= _ADDRESS_GLOB
+    return set(_subject(rule.source)) <= _ADDRESS_GLOB
 
 
 def _needles(rules: Iterable[_Rule]) -> re.Pattern[str] | None:
@@ -227,7 +227,7 @@ def _needles(rules: Iterable[_Rule]) -> re.Pattern[str] | None:
 
 def _longest_run(rule: _Rule) -> str:
     """A glob's longest text without ``*`` or ``?``, lower case: any name it matches holds it."""
-    return max(re.split(r"[*?]", match_subject(rule.source).lower()), key=len)
+    return max(re.split(r"[*?]", _subject(rule.source)), key=len)
 
 
 def _needle_alternatives(rules: Iterable[_Rule]) -> list[str] | None:
@@ -358,7 +358,7 @@ def _compile(rule: RuleLike) -> _Rule:
         raise ValueError(f"rewrite rule {match!r}: {exc}") from None
     address = head = tail = None
     if match[:3].lower() != "re:":
-        subject = match_subject(match).lower()
+        subject = _subject(match)
         address = _parse_address(subject)
         if isinstance(address, ipaddress.IPv6Address):
             # A rule written for ::ffff:10.0.0.5 hides 10.0.0.5 in any form.
