@@ -456,7 +456,7 @@ def _path(value: str, key: str, base_dir: str) -> str:
 # ---------------------------------------------------------------------------
 # Twisted server endpoint strings, checked without importing Twisted.
 
-# type: (parameter names in positional order, the parameters that must be given)
+# Per endpoint type: (parameter names in positional order, the parameters that must be given)
 _ENDPOINTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "tcp": (("port", "interface", "backlog"), ("port",)),
     "tcp6": (("port", "backlog", "interface"), ("port",)),
