@@ -61,6 +61,7 @@ from email.utils import format_datetime, parsedate_to_datetime
 from typing import IO, Any
 
 from mtqpgw.certifier import certifier_for, decode_secret
+from mtqpgw.config import ConfigError, StoreConfig, load_config
 from mtqpgw.status import Action, RecipientStatus
 from mtqpgw.store import ImportRecord, SQLiteWriter, StoreError
 
@@ -73,7 +74,7 @@ __all__ = [
     "parse_line",
 ]
 
-DEFAULT_STORE = "mtqpgw.sqlite3"
+DEFAULT_STORE = StoreConfig.path  # the daemon's default, relative to the current directory
 DEFAULT_EXPIRY = 30 * 86400
 BATCH_SIZE = 1000
 MAX_ENVID = 100
@@ -441,8 +442,6 @@ def _store_path(args: argparse.Namespace) -> str:
     if getattr(args, "store", None):
         return str(args.store)
     if getattr(args, "config", None):
-        from mtqpgw.config import ConfigError, load_config
-
         try:
             return str(load_config(args.config).store.path)
         except (ConfigError, OSError) as e:
