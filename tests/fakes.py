@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from twisted.internet import defer, interfaces
 from twisted.internet.protocol import Factory
@@ -48,8 +48,29 @@ __all__ = [
     "LongLineServer",
     "ResetServer",
     "SilentServer",
+    "Waiters",
     "canned_answer",
 ]
+
+
+T = TypeVar("T")
+
+
+class Waiters(Generic[T]):
+    """Deferreds waiting for the next time something happens: ``wait()``, then ``fire(value)``."""
+
+    def __init__(self) -> None:
+        self._waiting: list[defer.Deferred[T]] = []
+
+    def wait(self) -> defer.Deferred[T]:
+        d: defer.Deferred[T] = defer.Deferred()
+        self._waiting.append(d)
+        return d
+
+    def fire(self, value: T) -> None:
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(value)
 
 
 def canned_answer(envid: str = "fake@example.com", reporter: str = "fake.invalid") -> bytes:
@@ -273,7 +294,7 @@ class FakeServerFactory(Factory):
         self.tracks = 0
         self.octets_sent = 0
         self.live: set[FakeMTQPServer] = set()
-        self._all_gone: list[defer.Deferred[None]] = []
+        self._all_gone: Waiters[None] = Waiters()
 
     def connection_made(self, proto: FakeMTQPServer) -> None:
         self.connections += 1
@@ -283,17 +304,13 @@ class FakeServerFactory(Factory):
         self.lost += 1
         self.live.discard(proto)
         if not self.live:
-            waiting, self._all_gone = self._all_gone, []
-            for d in waiting:
-                d.callback(None)
+            self._all_gone.fire(None)
 
     def when_all_closed(self) -> defer.Deferred[None]:
         """Fires once no connection is open (at once if none is)."""
         if not self.live:
             return defer.succeed(None)
-        d: defer.Deferred[None] = defer.Deferred()
-        self._all_gone.append(d)
-        return d
+        return self._all_gone.wait()
 
     def close_all(self) -> defer.Deferred[None]:
         """Abort every open connection; fires when they are all gone."""

@@ -634,29 +634,21 @@ class WatchedFactory(TrackedServerFactory):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._released: list[defer.Deferred[None]] = []
-        self._paused: list[defer.Deferred[MTQPServer]] = []
+        self._released: fakes.Waiters[None] = fakes.Waiters()
+        self._paused: fakes.Waiters[MTQPServer] = fakes.Waiters()
 
     def release(self, proto: MTQPServer) -> None:
         super().release(proto)
-        waiting, self._released = self._released, []
-        for d in waiting:
-            d.callback(None)
+        self._released.fire(None)
 
     def next_release(self) -> defer.Deferred[None]:
-        d: defer.Deferred[None] = defer.Deferred()
-        self._released.append(d)
-        return d
+        return self._released.wait()
 
     def output_paused(self, proto: MTQPServer) -> None:
-        waiting, self._paused = self._paused, []
-        for d in waiting:
-            d.callback(proto)
+        self._paused.fire(proto)
 
     def next_output_pause(self) -> defer.Deferred[MTQPServer]:
-        d: defer.Deferred[MTQPServer] = defer.Deferred()
-        self._paused.append(d)
-        return d
+        return self._paused.wait()
 
 
 class SmallBufferServer(MTQPServer):
