@@ -62,7 +62,7 @@ from mtqpgw.merge import HostAnswer, host_key, merge, referrals, screen
 from mtqpgw.pool import SessionPool, effective_tls
 from mtqpgw.server import is_failed_lookup
 from mtqpgw.status import Answer, Outcome, TrackingStatus
-from mtqpgw.wire import starttls_line
+from mtqpgw.wire import can_name_for_starttls
 
 __all__ = [
     "CLEAR_TEXT_WARNING_INTERVAL",
@@ -267,7 +267,7 @@ class ChainingTracker:
 
         RFC 3887 section 11: the next hop SHOULD get the same or better
         security.  STARTTLS names the server, and only a fully qualified
-        domain name can be named (``wire.starttls_line``): an inner host
+        domain name can be named (``wire.can_name_for_starttls``): an inner host
         named by an IP literal or one label gets the secret in clear text
         under ``opportunistic`` (and ``off``, which ``secure`` turns into
         ``opportunistic``), which client.py logs only at info level.
@@ -276,11 +276,7 @@ class ChainingTracker:
         """
         if not secure or effective_tls(inner, secure) == "required":
             return
-        try:
-            starttls_line(str(inner.name))
-        except ValueError:
-            pass
-        else:
+        if can_name_for_starttls(str(inner.name)):
             return
         now = self.clock.seconds()
         last = self._clear_text_warned.get(name)

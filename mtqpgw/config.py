@@ -83,7 +83,7 @@ from datetime import date, datetime, time
 from typing import Any
 
 from mtqpgw.uri import DEFAULT_PORT, URIError, check_host, is_ip_literal
-from mtqpgw.wire import starttls_line
+from mtqpgw.wire import can_name_for_starttls
 
 __all__ = [
     "ChainConfig",
@@ -741,16 +741,13 @@ def _inner(data: object, path: str, base_dir: str) -> InnerHost:
     if port > 65535:
         raise ConfigError(f"must be at most 65535, got {_describe(port)}", t.key("port"))
     tls = t.choice("tls", "opportunistic", TLS_CHOICES)
-    if tls == "required":
-        try:
-            starttls_line(name)
-        except ValueError:
-            # STARTTLS names an FQDN (RFC 3887 section 6) and the certificate
-            # is checked against it: an IP literal or one label cannot be.
-            raise ConfigError(
-                f'tls = "required" needs a fully qualified domain name, got {_describe(name)}',
-                t.key("name"),
-            ) from None
+    if tls == "required" and not can_name_for_starttls(name):
+        # STARTTLS names an FQDN (RFC 3887 section 6) and the certificate
+        # is checked against it: an IP literal or one label cannot be.
+        raise ConfigError(
+            f'tls = "required" needs a fully qualified domain name, got {_describe(name)}',
+            t.key("name"),
+        )
     cafile = None
     if t.has("cafile"):
         cafile = _path(t.string("cafile"), t.key("cafile"), base_dir)

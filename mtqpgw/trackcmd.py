@@ -132,7 +132,7 @@ def _check_options(args: argparse.Namespace) -> None:
             raise UsageError(
                 "--tls-name names the server for STARTTLS; it has no use with --tls off"
             )
-        if not _can_name_for_starttls(args.tls_name):
+        if not wire.can_name_for_starttls(args.tls_name):
             raise UsageError(f"--tls-name: {args.tls_name} is not a fully qualified domain name")
     if args.timeout is None or not args.timeout > 0:
         raise UsageError("--timeout must be a positive number of seconds")
@@ -181,21 +181,11 @@ def _check_tls_name_needed(request: TrackRequest, args: argparse.Namespace) -> N
         return
     if request.port is None and not is_ip_literal(request.host):
         return
-    if not _can_name_for_starttls(request.host):
+    if not wire.can_name_for_starttls(request.host):
         raise UsageError(
             f"--tls required: STARTTLS needs the server's domain name and {request.host} "
             f"is not one; {_NAME_HINT}"
         )
-
-
-def _can_name_for_starttls(host: str) -> bool:
-    # STARTTLS names the domain wanted (RFC 3887 section 6); an IP literal
-    # or a single-label name is not one wire.starttls_line accepts.
-    try:
-        wire.starttls_line(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _greeting_answer(exc: BaseException) -> Answer | None:
@@ -278,7 +268,7 @@ class _Asker:
         if self.tls_mode is TLSMode.OFF:
             return TLSMode.OFF, None, None, None
         name = tls_name or host
-        if not _can_name_for_starttls(name):
+        if not wire.can_name_for_starttls(name):
             why = f"STARTTLS needs the server's domain name and {host} is not one"
             if hint:
                 why += f"; {_NAME_HINT}"

@@ -36,6 +36,7 @@ __all__ = [
     "ResponseParser",
     "StartTLS",
     "Track",
+    "can_name_for_starttls",
     "comment_line",
     "greeting",
     "parse_command",
@@ -688,6 +689,15 @@ def track_line(envid: str, secret: str) -> bytes:
     passes can add a line to the stream.
     """
     return Track(envid, secret).to_bytes()
+
+
+def can_name_for_starttls(domain: str) -> bool:
+    """Whether STARTTLS can name ``domain``: an FQDN (RFC 3887 section 6), not an IP literal."""
+    try:
+        _canonical_domain(domain)
+    except ValueError:
+        return False
+    return True
 
 
 def starttls_line(domain: str) -> bytes:

@@ -21,6 +21,7 @@ from mtqpgw.wire import (
     ResponseParser,
     StartTLS,
     Track,
+    can_name_for_starttls,
     comment_line,
     greeting,
     parse_command,
@@ -477,6 +478,8 @@ class BuilderTests(SynchronousTestCase):
         self.assertEqual(starttls_line("Mtqp.Example.COM."), b"STARTTLS mtqp.example.com\r\n")
         for domain in ("localhost", "a.example\r\nQUIT", "a .example", "", "192.0.2.1"):
             self.assertRaises(ValueError, starttls_line, domain)
+            self.assertFalse(can_name_for_starttls(domain), domain)
+        self.assertTrue(can_name_for_starttls("Mtqp.Example.COM."))
 
     def test_comment_line(self) -> None:
         self.assertEqual(comment_line(), b"COMMENT\r\n")
