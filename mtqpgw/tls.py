@@ -7,8 +7,8 @@ L{IServerTLS}: whether STARTTLS is offered, which certificate answers
 handshake is good enough.  Every certificate is loaded and its context built
 once, at start-up; a file that does not load stops the start with one line.
 
-Client side, L{client_context} (by mode: ``mtqp track``),
-L{client_context_for_inner} (the gateway, per inner host) and
+Client side, L{client_context} (by mode: ``mtqp track``, and the
+gateway's pool per inner host, L{mtqpgw.pool.tls_context_for}) and
 L{client_tls_context} (by "verify or not") build connection creators for
 C{transport.startTLS}; one creator serves any number of connections, and
 L{client_context} hands out the same one for the same arguments.  Everything
@@ -60,7 +60,6 @@ __all__ = [
     "TLSConfigError",
     "certificate_sha256",
     "client_context",
-    "client_context_for_inner",
     "client_tls_context",
     "inner_tls_mode",
     "load_ca_bundle",
@@ -468,18 +467,3 @@ def _cached_client_context(
     name: str, cafile: str | None, verify: bool
 ) -> interfaces.IOpenSSLClientConnectionCreator:
     return client_tls_context(name, cafile, verify=verify)
-
-
-def client_context_for_inner(
-    inner: Any, secure: bool = False
-) -> interfaces.IOpenSSLClientConnectionCreator | None:
-    """The context towards an inner-host config (``.name``, ``.tls``, ``.cafile``), or None.
-
-    The mode is L{inner_tls_mode}(``inner.tls``, ``secure``), ``secure``
-    being whether the outside client's session is TLS.  Use it with
-    L{mtqpgw.client.connect} as ``tls_context``, with ``tls_name=inner.name``.
-    Raises L{TLSConfigError} for an unusable ``cafile``.
-    """
-    mode = inner_tls_mode(getattr(inner, "tls", None) or "off", secure)
-    cafile = getattr(inner, "cafile", None)
-    return client_context(str(inner.name), str(cafile) if cafile else None, mode)

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from mtqpgw import client, wire
+from mtqpgw import client, pool, wire
 from mtqpgw.interfaces import IServerTLS
 from mtqpgw.server import MTQPServer, MTQPServerFactory, ServerLimits
 from mtqpgw.status import Action, Answer, Outcome, RecipientStatus, TrackingStatus
@@ -35,7 +35,6 @@ from mtqpgw.tls import (
     ServerTLS,
     TLSConfigError,
     client_context,
-    client_context_for_inner,
     client_tls_context,
     inner_tls_mode,
     load_ca_bundle,
@@ -309,11 +308,15 @@ class ClientContextTests(SynchronousTestCase):
         self.assertEqual(inner_tls_mode(client.TLSMode.OPPORTUNISTIC, False), "opportunistic")
 
     def test_context_for_inner(self) -> None:
+        # The gateway's pool: the effective mode, then the context for it.
+        def context_for_inner(inner: Any, secure: bool = False) -> Any:
+            return pool.tls_context_for(inner, pool.effective_tls(inner, secure))
+
         inner = SimpleNamespace(name=HOST, tls="off", cafile=None)
-        self.assertIsNone(client_context_for_inner(inner))
-        self.assertIsNotNone(client_context_for_inner(inner, secure=True))
+        self.assertIsNone(context_for_inner(inner))
+        self.assertIsNotNone(context_for_inner(inner, secure=True))
         required = SimpleNamespace(name=HOST, tls="required", cafile=ca_path())
-        self.assertIsNotNone(client_context_for_inner(required))
+        self.assertIsNotNone(context_for_inner(required))
 
     def test_ca_bundle(self) -> None:
         bundle = self.mktemp()
@@ -460,8 +463,8 @@ class LoopbackCase(TestCase):
 
     @defer.inlineCallbacks
     def _tidy(self) -> Any:
-        for pool in self.pools:
-            yield pool.close()
+        for session_pool in self.pools:
+            yield session_pool.close()
         waits = []
         for proto in self.line_clients:
             if proto.connected_now:
