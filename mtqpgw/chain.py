@@ -61,7 +61,7 @@ from mtqpgw.logtext import literal
 from mtqpgw.merge import HostAnswer, host_key, merge, referrals, screen
 from mtqpgw.pool import SessionPool, effective_tls
 from mtqpgw.server import is_failed_lookup
-from mtqpgw.status import Answer, Outcome, TrackingStatus
+from mtqpgw.status import MESSAGE_FIELDS, RECIPIENT_FIELDS, Answer, Outcome, TrackingStatus
 from mtqpgw.wire import can_name_for_starttls
 
 __all__ = [
@@ -97,23 +97,6 @@ DEFAULT_MAX_INNER_LINES = 20_000
 #: a log line per refused part) to a small multiple of one part's.
 MAX_PARTS_PER_ANSWER = 200
 
-# Wire names of the fields, for the size of a part as serialised.
-_MESSAGE_FIELDS = (
-    ("original_envelope_id", "Original-Envelope-Id"),
-    ("reporting_mta", "Reporting-MTA"),
-    ("arrival_date", "Arrival-Date"),
-    ("received_from_mta", "Received-From-MTA"),
-    ("dsn_gateway", "DSN-Gateway"),
-)
-_RECIPIENT_FIELDS = (
-    ("original_recipient", "Original-Recipient"),
-    ("final_recipient", "Final-Recipient"),
-    ("status", "Status"),
-    ("remote_mta", "Remote-MTA"),
-    ("diagnostic_code", "Diagnostic-Code"),
-    ("last_attempt_date", "Last-Attempt-Date"),
-    ("will_retry_until", "Will-Retry-Until"),
-)
 # A part's own lines in the report (report.build_report): its delimiter,
 # Content-Type, the blank line after them and the blank line after the body.
 _PART_LINES, _PART_OCTETS = 4, 80
@@ -138,13 +121,15 @@ def part_size(part: TrackingStatus) -> tuple[int, int]:
     the gateway grows with these, and they are what the per-TRACK caps count.
     """
     lines, octets = _PART_LINES, _PART_OCTETS
-    fields = [(name, getattr(part, attribute)) for attribute, name in _MESSAGE_FIELDS]
+    fields = [(name, getattr(part, attribute)) for name, attribute in MESSAGE_FIELDS]
     fields += part.extensions
     for block in part.recipients:
         lines += 1  # the blank line before each recipient's group
         octets += 2
-        fields.append(("Action", block.action.value))
-        fields += [(name, getattr(block, attribute)) for attribute, name in _RECIPIENT_FIELDS]
+        fields += [
+            (name, block.action.value if attribute == "action" else getattr(block, attribute))
+            for name, attribute in RECIPIENT_FIELDS
+        ]
         fields += block.extensions
     for name, value in fields:
         if value is not None:

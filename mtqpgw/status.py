@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 __all__ = [
+    "MESSAGE_FIELDS",
+    "RECIPIENT_FIELDS",
     "Action",
     "Answer",
     "Outcome",
@@ -218,6 +220,9 @@ _RECIPIENT_FIELDS: tuple[tuple[str, str], ...] = (
     ("Last-Attempt-Date", "last_attempt_date"),
     ("Will-Retry-Until", "will_retry_until"),
 )
+# (wire name, attribute) of each field of the model, in RFC 3886 order.
+MESSAGE_FIELDS = _MESSAGE_FIELDS
+RECIPIENT_FIELDS = _RECIPIENT_FIELDS
 _MESSAGE_ATTRS = {name.lower(): attr for name, attr in _MESSAGE_FIELDS}
 _RECIPIENT_ATTRS = {name.lower(): attr for name, attr in _RECIPIENT_FIELDS}
 
